@@ -1,0 +1,93 @@
+//! The agent's configuration file (YAML), shared by the agent, the lab and `deploy/`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// How packets for another node's pods leave this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutingMode {
+    /// Kernel routes: each remote pod CIDR via that node's address.
+    #[default]
+    Native,
+    /// A VXLAN device in external (collect_md) mode; the datapath picks the remote node.
+    Vxlan,
+}
+
+impl RoutingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoutingMode::Native => "native",
+            RoutingMode::Vxlan => "vxlan",
+        }
+    }
+}
+
+impl fmt::Display for RoutingMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RoutingMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "native" => Ok(RoutingMode::Native),
+            "vxlan" => Ok(RoutingMode::Vxlan),
+            other => Err(format!("routing mode {other:?} is not one of: native, vxlan")),
+        }
+    }
+}
+
+/// Bytes a VXLAN-over-IPv4 header stack adds to every packet (outer IP 20 + UDP 8 + VXLAN 8 +
+/// inner Ethernet 14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// `sluice-agent --config FILE`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentConfig {
+    /// This node's name; its Node object gives the pod CIDR and node address.
+    pub node_name: String,
+    #[serde(default)]
+    pub routing: RoutingMode,
+    /// Directory of Kubernetes YAML manifests (the embedded desired-state source).
+    pub manifests: PathBuf,
+    /// The agent API socket (created with mode 0600).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Where the agent keeps state that must survive restarts (IPAM, endpoints).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// bpffs directory for this node's pinned maps and links. Default `/sys/fs/bpf/sluice/<node>`.
+    #[serde(default)]
+    pub bpf_pin_path: Option<PathBuf>,
+    /// UDP port of the VXLAN device.
+    #[serde(default = "default_vxlan_port")]
+    pub vxlan_port: u16,
+    /// MTU of the node's underlay. Default: read from the device that holds the node address.
+    #[serde(default)]
+    pub underlay_mtu: Option<u32>,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(crate::DEFAULT_SOCKET)
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/sluice")
+}
+fn default_vxlan_port() -> u16 {
+    8472
+}
+
+impl AgentConfig {
+    pub fn pin_path(&self) -> PathBuf {
+        self.bpf_pin_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/sluice").join(&self.node_name))
+    }
+}
