@@ -38,7 +38,9 @@ impl FromStr for RoutingMode {
         match s {
             "native" => Ok(RoutingMode::Native),
             "vxlan" => Ok(RoutingMode::Vxlan),
-            other => Err(format!("routing mode {other:?} is not one of: native, vxlan")),
+            other => Err(format!(
+                "routing mode {other:?} is not one of: native, vxlan"
+            )),
         }
     }
 }

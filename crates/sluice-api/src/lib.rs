@@ -50,10 +50,7 @@ pub enum Request {
         netns: Option<PathBuf>,
     },
     /// Compare what exists with what `Add` made; answers with the differences.
-    Check {
-        key: AttachmentKey,
-        netns: PathBuf,
-    },
+    Check { key: AttachmentKey, netns: PathBuf },
     /// Remove every attachment not in `valid` (CNI GC).
     Gc { valid: Vec<AttachmentKey> },
     /// Agent health and counts.
@@ -156,7 +153,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, msg: impl Into<String>) -> Self {
-        Self { kind, msg: msg.into(), details: String::new() }
+        Self {
+            kind,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
     pub fn with_details(mut self, details: impl Into<String>) -> Self {
         self.details = details.into();
@@ -167,11 +168,20 @@ impl ApiError {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach sluice-agent at {path}: {source}")]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("talking to sluice-agent at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("sluice-agent at {path} sent an unreadable answer: {source}")]
-    Decode { path: PathBuf, source: serde_json::Error },
+    Decode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     Agent(#[from] ApiError),
 }
@@ -185,7 +195,10 @@ pub struct Client {
 
 impl Client {
     pub fn new(path: impl AsRef<Path>) -> Self {
-        Self { path: path.as_ref().to_path_buf(), timeout: Duration::from_secs(30) }
+        Self {
+            path: path.as_ref().to_path_buf(),
+            timeout: Duration::from_secs(30),
+        }
     }
 
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
@@ -199,9 +212,15 @@ impl Client {
 
     /// Sends one request; an agent-side error comes back as `ClientError::Agent`.
     pub fn call(&self, request: &Request) -> Result<Response, ClientError> {
-        let io = |source| ClientError::Io { path: self.path.clone(), source };
-        let mut stream = UnixStream::connect(&self.path)
-            .map_err(|source| ClientError::Connect { path: self.path.clone(), source })?;
+        let io = |source| ClientError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut stream =
+            UnixStream::connect(&self.path).map_err(|source| ClientError::Connect {
+                path: self.path.clone(),
+                source,
+            })?;
         stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
         let mut line = serde_json::to_vec(request).expect("requests always serialize");
@@ -209,8 +228,11 @@ impl Client {
         stream.write_all(&line).map_err(io)?;
         let mut answer = String::new();
         BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
-        let response: Response = serde_json::from_str(&answer)
-            .map_err(|source| ClientError::Decode { path: self.path.clone(), source })?;
+        let response: Response =
+            serde_json::from_str(&answer).map_err(|source| ClientError::Decode {
+                path: self.path.clone(),
+                source,
+            })?;
         match response {
             Response::Error(e) => Err(ClientError::Agent(e)),
             other => Ok(other),
@@ -225,9 +247,15 @@ mod tests {
     #[test]
     fn requests_round_trip_through_json() {
         let req = Request::Add {
-            key: AttachmentKey { container_id: "abc".into(), ifname: "eth0".into() },
+            key: AttachmentKey {
+                container_id: "abc".into(),
+                ifname: "eth0".into(),
+            },
             netns: "/run/netns/x".into(),
-            pod: Some(PodRef { namespace: "default".into(), name: "a".into() }),
+            pod: Some(PodRef {
+                namespace: "default".into(),
+                name: "a".into(),
+            }),
         };
         let text = serde_json::to_string(&req).unwrap();
         assert!(text.contains(r#""op":"add""#), "{text}");
@@ -236,7 +264,10 @@ mod tests {
 
     #[test]
     fn errors_carry_their_kind() {
-        let resp = Response::Error(ApiError::new(ErrorKind::Exhausted, "pod CIDR 10.0.0.0/30 is full"));
+        let resp = Response::Error(ApiError::new(
+            ErrorKind::Exhausted,
+            "pod CIDR 10.0.0.0/30 is full",
+        ));
         let text = serde_json::to_string(&resp).unwrap();
         assert!(text.contains(r#""kind":"exhausted""#), "{text}");
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), resp);

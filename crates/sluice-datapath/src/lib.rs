@@ -1,1 +1,237 @@
+//! sluice's eBPF datapath: the C programs under `bpf/` (compiled by build.rs with clang-19 and
+//! embedded), loaded with aya, with typed handles on their pinned maps.
+//!
+//! Everything is pinned under one node's pin path (`/sys/fs/bpf/sluice/<node>` by default):
+//! maps by name, tc links under `links/`. What is pinned keeps forwarding while the agent is
+//! down; a restarted agent re-opens the maps and swaps fresh programs into the same links.
 
+pub mod abi;
+mod attach;
+mod error;
+pub mod features;
+mod loader;
+mod objects;
+pub mod testrun;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, PerCpuHashMap};
+use aya::programs::{SchedClassifier, TcAttachType};
+
+pub use abi::{DatapathConfig, EndpointInfo, EndpointKey, MetricsKey, MetricsValue, TunnelInfo};
+pub use error::{Error, Result};
+pub use loader::{FROM_CONTAINER, FROM_OVERLAY, TO_CONTAINER, TO_OVERLAY};
+pub use objects::{MAP_CONFIG, MAP_ENDPOINTS, MAP_METRICS, MAP_TUNNELS};
+
+use abi::{ip_from_be, ip_to_be};
+use error::map_err;
+
+pub struct Datapath {
+    pin_path: PathBuf,
+    objects: loader::Objects,
+    endpoints: HashMap<MapData, EndpointKey, EndpointInfo>,
+    tunnels: LpmTrie<MapData, u32, TunnelInfo>,
+    config: Array<MapData, DatapathConfig>,
+    metrics: PerCpuHashMap<MapData, MetricsKey, MetricsValue>,
+}
+
+impl Datapath {
+    /// Loads the datapath with its maps pinned in `pin_path` (created if missing; existing pins
+    /// are reused, so a restart keeps every entry).
+    pub fn load(pin_path: &Path) -> Result<Self> {
+        let mut objects = loader::Objects::load(pin_path)?;
+        let take = |name: &'static str, objects: &mut loader::Objects| {
+            objects
+                .endpoint
+                .take_map(name)
+                .ok_or(Error::MissingMap { map: name })
+        };
+        let endpoints = HashMap::try_from(take(MAP_ENDPOINTS, &mut objects)?)
+            .map_err(map_err(MAP_ENDPOINTS))?;
+        let tunnels =
+            LpmTrie::try_from(take(MAP_TUNNELS, &mut objects)?).map_err(map_err(MAP_TUNNELS))?;
+        let config =
+            Array::try_from(take(MAP_CONFIG, &mut objects)?).map_err(map_err(MAP_CONFIG))?;
+        let metrics = PerCpuHashMap::try_from(take(MAP_METRICS, &mut objects)?)
+            .map_err(map_err(MAP_METRICS))?;
+        Ok(Self {
+            pin_path: pin_path.to_path_buf(),
+            objects,
+            endpoints,
+            tunnels,
+            config,
+            metrics,
+        })
+    }
+
+    pub fn pin_path(&self) -> &Path {
+        &self.pin_path
+    }
+
+    /// A loaded program, e.g. for BPF_PROG_TEST_RUN.
+    pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
+        self.objects.program(name)
+    }
+
+    // --- attachment -----------------------------------------------------------------------
+
+    /// from_container on tc ingress and to_container on tc egress of a pod's host-side veth.
+    pub fn attach_endpoint(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
+        self.attach_pair(ifname, ifindex, FROM_CONTAINER, TO_CONTAINER)
+    }
+
+    /// from_overlay on tc ingress and to_overlay on tc egress of the VXLAN device.
+    pub fn attach_overlay(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
+        self.attach_pair(ifname, ifindex, FROM_OVERLAY, TO_OVERLAY)
+    }
+
+    fn attach_pair(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+        ingress: &'static str,
+        egress: &'static str,
+    ) -> Result<()> {
+        let pin_in = loader::link_pin(&self.pin_path, ifname, ifindex, "ingress");
+        let pin_out = loader::link_pin(&self.pin_path, ifname, ifindex, "egress");
+        attach::attach_pinned(
+            ingress,
+            self.objects.program(ingress)?,
+            ifname,
+            TcAttachType::Ingress,
+            &pin_in,
+        )?;
+        attach::attach_pinned(
+            egress,
+            self.objects.program(egress)?,
+            ifname,
+            TcAttachType::Egress,
+            &pin_out,
+        )
+    }
+
+    /// Detaches both directions; Ok(false) when nothing was attached.
+    pub fn detach(&mut self, ifname: &str, ifindex: u32) -> Result<bool> {
+        let a = attach::remove_pin(&loader::link_pin(
+            &self.pin_path,
+            ifname,
+            ifindex,
+            "ingress",
+        ))?;
+        let b = attach::remove_pin(&loader::link_pin(&self.pin_path, ifname, ifindex, "egress"))?;
+        Ok(a || b)
+    }
+
+    /// Whether both directions have a pinned link.
+    pub fn is_attached(&self, ifname: &str, ifindex: u32) -> bool {
+        ["ingress", "egress"]
+            .iter()
+            .all(|d| loader::link_pin(&self.pin_path, ifname, ifindex, d).exists())
+    }
+
+    /// Pinned links as (ifname, ifindex), one entry per device.
+    pub fn pinned_links(&self) -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = std::fs::read_dir(self.pin_path.join("links"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let (dev, _direction) = name.rsplit_once('.')?;
+                let (ifname, ifindex) = dev.rsplit_once('@')?;
+                Some((ifname.to_string(), ifindex.parse().ok()?))
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    // --- endpoints --------------------------------------------------------------------------
+
+    pub fn upsert_endpoint(&mut self, ip: Ipv4Addr, info: EndpointInfo) -> Result<()> {
+        self.endpoints
+            .insert(EndpointKey { ip: ip_to_be(ip) }, info, 0)
+            .map_err(map_err(MAP_ENDPOINTS))
+    }
+
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<bool> {
+        match self.endpoints.remove(&EndpointKey { ip: ip_to_be(ip) }) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err(MAP_ENDPOINTS)(e)),
+        }
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<(Ipv4Addr, EndpointInfo)>> {
+        self.endpoints
+            .iter()
+            .map(|r| {
+                r.map(|(k, v)| (ip_from_be(k.ip), v))
+                    .map_err(map_err(MAP_ENDPOINTS))
+            })
+            .collect()
+    }
+
+    // --- tunnels ----------------------------------------------------------------------------
+
+    pub fn upsert_tunnel(&mut self, prefix: Ipv4Addr, len: u8, info: TunnelInfo) -> Result<()> {
+        self.tunnels
+            .insert(&Key::new(len as u32, ip_to_be(prefix)), info, 0)
+            .map_err(map_err(MAP_TUNNELS))
+    }
+
+    pub fn remove_tunnel(&mut self, prefix: Ipv4Addr, len: u8) -> Result<bool> {
+        match self.tunnels.remove(&Key::new(len as u32, ip_to_be(prefix))) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err(MAP_TUNNELS)(e)),
+        }
+    }
+
+    /// Every tunnel entry as (prefix, length, info).
+    pub fn tunnels(&self) -> Result<Vec<(Ipv4Addr, u8, TunnelInfo)>> {
+        self.tunnels
+            .iter()
+            .map(|r| {
+                r.map(|(k, v)| (ip_from_be(k.data()), k.prefix_len() as u8, v))
+                    .map_err(map_err(MAP_TUNNELS))
+            })
+            .collect()
+    }
+
+    // --- config and metrics -----------------------------------------------------------------
+
+    pub fn set_config(&mut self, config: DatapathConfig) -> Result<()> {
+        self.config.set(0, config, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    pub fn config(&self) -> Result<DatapathConfig> {
+        self.config.get(&0, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    /// Counters summed over CPUs, sorted by key.
+    pub fn metrics(&self) -> Result<Vec<(MetricsKey, MetricsValue)>> {
+        let mut out = Vec::new();
+        for entry in self.metrics.iter() {
+            let (key, per_cpu) = entry.map_err(map_err(MAP_METRICS))?;
+            let total = per_cpu
+                .iter()
+                .fold(MetricsValue::default(), |acc, v| MetricsValue {
+                    packets: acc.packets + v.packets,
+                    bytes: acc.bytes + v.bytes,
+                });
+            out.push((key, total));
+        }
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+}
+
+/// The embedded objects, for tests that inspect them (e.g. the ABI layout test).
+#[doc(hidden)]
+pub mod objects_for_tests {
+    pub use crate::objects::{ENDPOINT, OVERLAY};
+}

@@ -1,1 +1,12 @@
+//! Desired state and the pure logic around it. No I/O: every function here is unit-tested.
 
+pub mod diff;
+pub mod ipam;
+pub mod manifest;
+pub mod node;
+pub mod state;
+
+pub use diff::{diff_maps, MapDiff};
+pub use manifest::{parse_manifests, Object};
+pub use node::NodeInfo;
+pub use state::{DesiredState, PodInfo};

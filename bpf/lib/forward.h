@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/*
+ * How a packet leaves a program: straight to a local endpoint, into the
+ * tunnel, or to the kernel's stack. Kept in one place so later hops
+ * (encryption, an XDP fast path) slot in here.
+ */
+#ifndef SLUICE_FORWARD_H
+#define SLUICE_FORWARD_H
+
+#include "maps.h"
+#include "metrics.h"
+#include "packet.h"
+
+static __always_inline struct datapath_config *datapath_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&sluice_config, &zero);
+}
+
+static __always_inline struct endpoint_info *lookup_endpoint(__u32 ip)
+{
+	struct endpoint_key key = { .ip = ip };
+	return bpf_map_lookup_elem(&sluice_endpoints, &key);
+}
+
+static __always_inline struct tunnel_info *lookup_tunnel(__u32 ip)
+{
+	struct tunnel_key key = { .prefixlen = 32, .ip = ip };
+	return bpf_map_lookup_elem(&sluice_tunnels, &key);
+}
+
+static __always_inline int drop(struct __sk_buff *skb, __u8 point, __u16 reason)
+{
+	count(skb, point, SLUICE_OUTCOME_DROP, reason);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int to_stack(struct __sk_buff *skb, __u8 point)
+{
+	count(skb, point, SLUICE_OUTCOME_TO_STACK, 0);
+	return TC_ACT_OK;
+}
+
+/*
+ * Hand the packet to a pod on this node: redirect to the egress of its host-side
+ * veth, so the to-endpoint program on that device still sees it.
+ */
+static __always_inline int deliver_local(struct __sk_buff *skb, __u8 point,
+					 const struct endpoint_info *ep, __u8 ttl)
+{
+	if (dec_ttl(skb, ttl) || rewrite_macs(skb, ep->host_mac, ep->pod_mac))
+		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
+	count(skb, point, SLUICE_OUTCOME_REDIRECT, 0);
+	return bpf_redirect(ep->ifindex, 0);
+}
+
+/* Sets the tunnel metadata the collect_md VXLAN device encapsulates with. */
+static __always_inline int set_tunnel(struct __sk_buff *skb, const struct datapath_config *cfg,
+				      const struct tunnel_info *remote)
+{
+	struct bpf_tunnel_key key = {};
+
+	key.remote_ipv4 = bpf_ntohl(remote->node_ip);
+	key.tunnel_id = cfg->vni;
+	key.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
+		return -1;
+	/* The remote VXLAN device only accepts frames addressed to its own MAC. */
+	return rewrite_macs(skb, cfg->vxlan_mac, remote->node_mac);
+}
+
+/* Send a packet from a local pod to a pod on another node through the tunnel. */
+static __always_inline int encap_to_remote(struct __sk_buff *skb, __u8 point,
+					   const struct datapath_config *cfg,
+					   const struct tunnel_info *remote, __u8 ttl)
+{
+	if (dec_ttl(skb, ttl) || set_tunnel(skb, cfg, remote))
+		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
+	count(skb, point, SLUICE_OUTCOME_ENCAP, 0);
+	return bpf_redirect(cfg->vxlan_ifindex, 0);
+}
+
+#endif /* SLUICE_FORWARD_H */

@@ -1,0 +1,138 @@
+//! Rust mirrors of `bpf/include/sluice/abi.h`. `tests/abi_layout.rs` compares each struct's size
+//! and field offsets with the BTF of the compiled objects, so the two cannot drift silently.
+//! Addresses are stored in network byte order, exactly as the datapath reads them.
+
+use std::net::Ipv4Addr;
+
+pub const ROUTING_NATIVE: u32 = 0;
+pub const ROUTING_VXLAN: u32 = 1;
+
+pub const POINT_FROM_ENDPOINT: u8 = 1;
+pub const POINT_TO_ENDPOINT: u8 = 2;
+pub const POINT_FROM_OVERLAY: u8 = 3;
+pub const POINT_TO_OVERLAY: u8 = 4;
+
+pub const OUTCOME_TO_STACK: u8 = 1;
+pub const OUTCOME_REDIRECT: u8 = 2;
+pub const OUTCOME_ENCAP: u8 = 3;
+pub const OUTCOME_DROP: u8 = 4;
+
+pub const DROP_INVALID_SOURCE_IP: u16 = 132;
+pub const DROP_INVALID_PACKET: u16 = 134;
+pub const DROP_NO_TUNNEL_ENDPOINT: u16 = 160;
+
+/// The address as the datapath stores it (network byte order in a native u32).
+pub fn ip_to_be(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+pub fn ip_from_be(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct EndpointKey {
+    pub ip: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EndpointInfo {
+    pub ifindex: u32,
+    pub pod_mac: [u8; 6],
+    pub host_mac: [u8; 6],
+    pub flags: u32,
+    pub identity: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TunnelKey {
+    pub prefixlen: u32,
+    pub ip: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TunnelInfo {
+    pub node_ip: u32,
+    pub node_mac: [u8; 6],
+    pub flags: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DatapathConfig {
+    pub routing_mode: u32,
+    pub vxlan_ifindex: u32,
+    pub vxlan_mac: [u8; 6],
+    pub reserved: u16,
+    pub node_ip: u32,
+    pub vni: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct MetricsKey {
+    pub point: u8,
+    pub outcome: u8,
+    pub reason: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MetricsValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+// SAFETY: plain #[repr(C)] data with no padding-sensitive invariants; any bit pattern is valid.
+unsafe impl aya::Pod for EndpointKey {}
+unsafe impl aya::Pod for EndpointInfo {}
+unsafe impl aya::Pod for TunnelKey {}
+unsafe impl aya::Pod for TunnelInfo {}
+unsafe impl aya::Pod for DatapathConfig {}
+unsafe impl aya::Pod for MetricsKey {}
+unsafe impl aya::Pod for MetricsValue {}
+
+/// (C struct name, Rust size, [(field, offset, size)]) for every shared struct: what the layout
+/// test compares against the objects' BTF.
+pub fn layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize, usize)>)> {
+    macro_rules! layout {
+        ($c:literal, $t:ty, [$($f:ident),*]) => {
+            ($c, std::mem::size_of::<$t>(), vec![$((
+                stringify!($f),
+                std::mem::offset_of!($t, $f),
+                {
+                    let v: $t = Default::default();
+                    std::mem::size_of_val(&v.$f)
+                },
+            )),*])
+        };
+    }
+    vec![
+        layout!("endpoint_key", EndpointKey, [ip]),
+        layout!(
+            "endpoint_info",
+            EndpointInfo,
+            [ifindex, pod_mac, host_mac, flags, identity]
+        ),
+        layout!("tunnel_key", TunnelKey, [prefixlen, ip]),
+        layout!("tunnel_info", TunnelInfo, [node_ip, node_mac, flags]),
+        layout!(
+            "datapath_config",
+            DatapathConfig,
+            [
+                routing_mode,
+                vxlan_ifindex,
+                vxlan_mac,
+                reserved,
+                node_ip,
+                vni
+            ]
+        ),
+        layout!("metrics_key", MetricsKey, [point, outcome, reason]),
+        layout!("metrics_value", MetricsValue, [packets, bytes]),
+    ]
+}

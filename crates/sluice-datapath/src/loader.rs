@@ -1,0 +1,80 @@
+//! Loading the objects with their maps pinned under one node's pin path.
+
+use std::path::{Path, PathBuf};
+
+use aya::programs::SchedClassifier;
+use aya::{Ebpf, EbpfLoader};
+
+use crate::error::{prog_err, Error, Result};
+
+/// Both objects loaded, programs verified, maps shared through their pins.
+pub struct Objects {
+    pub endpoint: Ebpf,
+    pub overlay: Ebpf,
+}
+
+pub const FROM_CONTAINER: &str = "from_container";
+pub const TO_CONTAINER: &str = "to_container";
+pub const FROM_OVERLAY: &str = "from_overlay";
+pub const TO_OVERLAY: &str = "to_overlay";
+
+impl Objects {
+    /// Loads (or, after a restart, re-opens) the maps pinned in `pin_path` and loads every
+    /// program into the kernel.
+    pub fn load(pin_path: &Path) -> Result<Self> {
+        std::fs::create_dir_all(pin_path).map_err(|source| Error::Bpffs {
+            path: pin_path.to_path_buf(),
+            source,
+        })?;
+        let mut endpoint = load_object("endpoint", crate::objects::ENDPOINT, pin_path)?;
+        let mut overlay = load_object("overlay", crate::objects::OVERLAY, pin_path)?;
+        for name in [FROM_CONTAINER, TO_CONTAINER] {
+            classifier(&mut endpoint, name)?
+                .load()
+                .map_err(prog_err(name))?;
+        }
+        for name in [FROM_OVERLAY, TO_OVERLAY] {
+            classifier(&mut overlay, name)?
+                .load()
+                .map_err(prog_err(name))?;
+        }
+        Ok(Self { endpoint, overlay })
+    }
+
+    pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
+        let object = if name == FROM_OVERLAY || name == TO_OVERLAY {
+            &mut self.overlay
+        } else {
+            &mut self.endpoint
+        };
+        classifier(object, name)
+    }
+}
+
+fn load_object(object: &'static str, bytes: &[u8], pin_path: &Path) -> Result<Ebpf> {
+    EbpfLoader::new()
+        .default_map_pin_directory(pin_path)
+        .load(bytes)
+        .map_err(|source| Error::Load {
+            object,
+            source: Box::new(source),
+        })
+}
+
+fn classifier<'a>(object: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    let program = object.program_mut(name).ok_or_else(|| Error::Attach {
+        program: name,
+        ifname: String::new(),
+        reason: "program missing from the object".into(),
+    })?;
+    program.try_into().map_err(prog_err(name))
+}
+
+/// Where links for `ifname` are pinned: `<pin>/links/<ifname>@<ifindex>.<direction>`. The
+/// ifindex is part of the name so a recreated device with a reused name never inherits a
+/// stale link.
+pub fn link_pin(pin_path: &Path, ifname: &str, ifindex: u32, direction: &str) -> PathBuf {
+    pin_path
+        .join("links")
+        .join(format!("{ifname}@{ifindex}.{direction}"))
+}

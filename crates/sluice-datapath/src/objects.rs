@@ -1,0 +1,13 @@
+//! The compiled BPF objects, embedded at build time (see build.rs).
+
+use aya::include_bytes_aligned;
+
+/// tc programs for the host side of each pod veth: `from_container`, `to_container`.
+pub static ENDPOINT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/endpoint.bpf.o"));
+/// tc programs for the VXLAN device: `from_overlay`, `to_overlay`.
+pub static OVERLAY: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay.bpf.o"));
+
+pub const MAP_ENDPOINTS: &str = "sluice_endpoints";
+pub const MAP_TUNNELS: &str = "sluice_tunnels";
+pub const MAP_CONFIG: &str = "sluice_config";
+pub const MAP_METRICS: &str = "sluice_metrics";

@@ -1,0 +1,44 @@
+//! Helpers shared by the datapath's root tests.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sluice_datapath::Datapath;
+
+/// Root tests run for real in CI; elsewhere they skip loudly instead of failing.
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("this test needs root (BPF), and CI=true forbids skipping it");
+    }
+    eprintln!("SKIP: not root; this test needs BPF privileges");
+    false
+}
+
+/// A datapath pinned in a unique directory that is removed on drop.
+pub struct TestDatapath {
+    pub dp: Datapath,
+    pub pin: PathBuf,
+}
+
+impl TestDatapath {
+    pub fn load() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        sluice_datapath::features::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).unwrap();
+        let pin = PathBuf::from(format!(
+            "/sys/fs/bpf/sluice-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let dp = Datapath::load(&pin).expect("datapath loads");
+        Self { dp, pin }
+    }
+}
+
+impl Drop for TestDatapath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin);
+    }
+}

@@ -1,0 +1,114 @@
+//! Parsing Kubernetes YAML manifests (multi-document) into typed objects.
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use serde_json::Value;
+
+/// The kinds sluice reads; everything else is kept by kind name and ignored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Node(Box<Node>),
+    Namespace(Box<Namespace>),
+    Pod(Box<Pod>),
+    Other { api_version: String, kind: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ManifestError {
+    #[error("{origin}: not valid YAML: {message}")]
+    Yaml { origin: String, message: String },
+    #[error("{origin}: document {index}: {message}")]
+    Document {
+        origin: String,
+        index: usize,
+        message: String,
+    },
+}
+
+/// Parses every document of `text`; `origin` (a file name) prefixes error messages.
+/// Empty documents are skipped.
+pub fn parse_manifests(origin: &str, text: &str) -> Result<Vec<Object>, ManifestError> {
+    let docs: Vec<Option<Value>> =
+        serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml {
+            origin: origin.into(),
+            message: e.to_string(),
+        })?;
+    let mut objects = Vec::new();
+    for (index, doc) in docs.into_iter().enumerate() {
+        let Some(doc) = doc else { continue };
+        if doc.is_null() {
+            continue;
+        }
+        let err = |message: String| ManifestError::Document {
+            origin: origin.into(),
+            index,
+            message,
+        };
+        let field = |name: &str| doc.get(name).and_then(Value::as_str).map(str::to_string);
+        let api_version = field("apiVersion").ok_or_else(|| err("apiVersion is missing".into()))?;
+        let kind = field("kind").ok_or_else(|| err("kind is missing".into()))?;
+        let typed = |what: &str, e: serde_json::Error| err(format!("{what}: {e}"));
+        let object = match (api_version.as_str(), kind.as_str()) {
+            ("v1", "Node") => {
+                Object::Node(serde_json::from_value(doc).map_err(|e| typed("Node", e))?)
+            }
+            ("v1", "Namespace") => {
+                Object::Namespace(serde_json::from_value(doc).map_err(|e| typed("Namespace", e))?)
+            }
+            ("v1", "Pod") => Object::Pod(serde_json::from_value(doc).map_err(|e| typed("Pod", e))?),
+            _ => Object::Other { api_version, kind },
+        };
+        objects.push(object);
+    }
+    Ok(objects)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_each_kind_from_one_file() {
+        let text = r#"
+apiVersion: v1
+kind: Node
+metadata: { name: node-a }
+spec: { podCIDR: 10.10.0.0/24 }
+---
+apiVersion: v1
+kind: Namespace
+metadata: { name: x, labels: { team: blue } }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: a, namespace: x, labels: { app: a } }
+spec:
+  nodeName: node-a
+  containers: [{ name: c, ports: [{ containerPort: 80 }] }]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: ignored }
+"#;
+        let objects = parse_manifests("test.yaml", text).unwrap();
+        assert_eq!(objects.len(), 4);
+        assert!(
+            matches!(&objects[0], Object::Node(n) if n.metadata.name.as_deref() == Some("node-a"))
+        );
+        assert!(matches!(&objects[1], Object::Namespace(_)));
+        assert!(
+            matches!(&objects[2], Object::Pod(p) if p.spec.as_ref().unwrap().node_name.as_deref() == Some("node-a"))
+        );
+        assert!(matches!(&objects[3], Object::Other { kind, .. } if kind == "Deployment"));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_document() {
+        let err = parse_manifests("bad.yaml", "apiVersion: v1\nkind: Pod\nspec: 3\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("bad.yaml: document 0: Pod:"), "{text}");
+        let err = parse_manifests("x.yaml", "metadata: {}\n").unwrap_err();
+        assert!(err.to_string().contains("apiVersion is missing"), "{err}");
+        let err = parse_manifests("y.yaml", "a: [1, 2\n").unwrap_err();
+        assert!(matches!(err, ManifestError::Yaml { .. }), "{err}");
+    }
+}

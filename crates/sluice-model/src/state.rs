@@ -1,0 +1,151 @@
+//! The desired state assembled from objects, with the cross-object checks no single object can
+//! make (overlapping pod CIDRs, duplicate names).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use crate::manifest::Object;
+use crate::node::NodeInfo;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub node_name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub ip: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// Namespace name -> labels.
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// "namespace/name" -> pod.
+    pub pods: BTreeMap<String, PodInfo>,
+}
+
+impl DesiredState {
+    /// Builds the state; objects that are invalid or conflict with an earlier one are left out
+    /// and described in the returned problems, so one bad object never takes the rest down.
+    pub fn build<'a>(objects: impl IntoIterator<Item = &'a Object>) -> (Self, Vec<String>) {
+        let mut state = DesiredState::default();
+        let mut problems = Vec::new();
+        let mut nodes: Vec<NodeInfo> = Vec::new();
+        for object in objects {
+            match object {
+                Object::Node(node) => match NodeInfo::from_node(node) {
+                    Ok(info) => nodes.push(info),
+                    Err(e) => problems.push(e),
+                },
+                Object::Namespace(ns) => {
+                    if let Some(name) = ns.metadata.name.clone() {
+                        let labels = ns.metadata.labels.clone().unwrap_or_default();
+                        state.namespaces.insert(name, labels);
+                    } else {
+                        problems.push("Namespace: metadata.name is missing".into());
+                    }
+                }
+                Object::Pod(pod) => match pod_info(pod) {
+                    Ok(info) => {
+                        state
+                            .pods
+                            .insert(format!("{}/{}", info.namespace, info.name), info);
+                    }
+                    Err(e) => problems.push(e),
+                },
+                Object::Other { .. } => {}
+            }
+        }
+        // Deterministic winner on conflicts: the node whose name sorts first.
+        nodes.sort();
+        for node in nodes {
+            if state.nodes.contains_key(&node.name) {
+                problems.push(format!(
+                    "Node {}: defined more than once; keeping the first",
+                    node.name
+                ));
+                continue;
+            }
+            if let Some(other) = state.nodes.values().find(|o| {
+                o.pod_cidr.contains(&node.pod_cidr.network())
+                    || node.pod_cidr.contains(&o.pod_cidr.network())
+            }) {
+                problems.push(format!(
+                    "Node {}: spec.podCIDR {} overlaps Node {}'s {}; ignoring Node {}",
+                    node.name, node.pod_cidr, other.name, other.pod_cidr, node.name
+                ));
+                continue;
+            }
+            state.nodes.insert(node.name.clone(), node);
+        }
+        (state, problems)
+    }
+}
+
+fn pod_info(pod: &k8s_openapi::api::core::v1::Pod) -> Result<PodInfo, String> {
+    let name = pod
+        .metadata
+        .name
+        .clone()
+        .ok_or("Pod: metadata.name is missing")?;
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let ip = match pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
+        None => None,
+        Some(text) => Some(text.parse().map_err(|_| {
+            format!("Pod {namespace}/{name}: status.podIP: {text:?} is not an IPv4 address")
+        })?),
+    };
+    Ok(PodInfo {
+        node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        namespace,
+        name,
+        ip,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse_manifests;
+
+    fn node(name: &str, cidr: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{podCIDR: {cidr}}}\nstatus: {{addresses: [{{type: InternalIP, address: {ip}}}]}}\n---\n"
+        )
+    }
+
+    #[test]
+    fn overlapping_pod_cidrs_keep_the_first_node_and_name_both() {
+        let text =
+            node("b", "10.0.0.0/16", "192.168.0.3") + &node("a", "10.0.1.0/24", "192.168.0.2");
+        let objects = parse_manifests("t", &text).unwrap();
+        let (state, problems) = DesiredState::build(&objects);
+        assert_eq!(state.nodes.keys().collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].contains("Node b") && problems[0].contains("Node a's 10.0.1.0/24"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_object_does_not_hide_the_good_ones() {
+        let text = node("a", "10.0.0.0/24", "192.168.0.2")
+            + "apiVersion: v1\nkind: Node\nmetadata: {name: broken}\nspec: {}\n---\n"
+            + "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: x, labels: {app: p}}\nstatus: {podIP: 10.0.0.7}\n";
+        let objects = parse_manifests("t", &text).unwrap();
+        let (state, problems) = DesiredState::build(&objects);
+        assert_eq!(state.nodes.len(), 1);
+        assert_eq!(state.pods["x/p"].ip, Some(Ipv4Addr::new(10, 0, 0, 7)));
+        assert_eq!(
+            problems,
+            vec!["Node broken: spec.podCIDR is missing".to_string()]
+        );
+    }
+}
