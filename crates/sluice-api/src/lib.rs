@@ -117,6 +117,23 @@ pub struct AgentStatus {
     pub pin_path: PathBuf,
     /// Human-readable problems; empty when healthy.
     pub problems: Vec<String>,
+    /// Datapath packet counters, summed over CPUs.
+    #[serde(default)]
+    pub counters: Vec<Counter>,
+}
+
+/// One datapath counter: where (observation point), what happened, and why (drops).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counter {
+    /// "from-endpoint", "to-endpoint", "from-overlay", "to-overlay".
+    pub point: String,
+    /// "to-stack", "redirect", "encap", "drop".
+    pub outcome: String,
+    /// Drop reason name, empty unless dropped.
+    #[serde(default)]
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

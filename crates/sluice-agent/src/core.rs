@@ -1,0 +1,220 @@
+//! The agent's state and the single thread that owns it. API requests and desired-state
+//! snapshots arrive as commands; one command runs at a time, so there are no locks and a
+//! reconcile never interleaves with a CNI request.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use sluice_api::config::{AgentConfig, RoutingMode};
+use sluice_api::{AgentStatus, ApiError, AttachmentKey, Counter, ErrorKind, Request, Response};
+use sluice_datapath::{abi, Datapath};
+use sluice_model::{DesiredState, NodeInfo};
+use sluice_netdev::NetHandle;
+use tokio::sync::oneshot;
+
+use crate::source::Snapshot;
+use crate::store::{Record, Store};
+
+pub enum Command {
+    Api(Request, oneshot::Sender<Response>),
+    Snapshot(Snapshot),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The node this agent runs on, once its Node object has been seen.
+#[derive(Debug, Clone)]
+pub struct SelfNode {
+    pub info: NodeInfo,
+    pub underlay_mtu: u32,
+}
+
+pub struct Core {
+    pub(crate) cfg: AgentConfig,
+    pub(crate) source: String,
+    pub(crate) dp: Datapath,
+    pub(crate) net: NetHandle,
+    pub(crate) store: Store,
+    pub(crate) records: BTreeMap<AttachmentKey, Record>,
+    /// Addresses whose store files are damaged: never handed out.
+    pub(crate) reserved: BTreeMap<Ipv4Addr, String>,
+    pub(crate) last_allocated: Option<Ipv4Addr>,
+    pub(crate) node: Option<SelfNode>,
+    /// Remote nodes as last programmed (routes, tunnel entries).
+    pub(crate) remote: BTreeMap<String, NodeInfo>,
+    /// Whether stale routes/tunnels from a previous run have been swept.
+    pub(crate) swept: bool,
+    pub(crate) desired: DesiredState,
+    pub(crate) source_problems: Vec<String>,
+    pub(crate) state_problems: Vec<String>,
+    pub(crate) started: Instant,
+}
+
+impl Core {
+    pub fn run(mut self, rx: mpsc::Receiver<Command>) {
+        for command in rx {
+            match command {
+                Command::Api(request, reply) => {
+                    let span = tracing::debug_span!("request", op = request_name(&request));
+                    let _enter = span.enter();
+                    let response = match self.handle(request) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(error = %e.msg, details = %e.details, "request failed");
+                            Response::Error(e)
+                        }
+                    };
+                    let _ = reply.send(response);
+                }
+                Command::Snapshot(snapshot) => {
+                    let span = tracing::info_span!("reconcile");
+                    let _enter = span.enter();
+                    self.apply_snapshot(snapshot);
+                }
+                Command::Shutdown(done) => {
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> Result<Response, ApiError> {
+        match request {
+            Request::Add { key, netns, pod } => self.add(key, netns, pod).map(Response::Added),
+            Request::Del { key, .. } => self.del(&key).map(|existed| Response::Deleted { existed }),
+            Request::Check { key, netns } => self
+                .check(&key, &netns)
+                .map(|problems| Response::Checked { problems }),
+            Request::Gc { valid } => self
+                .gc(&valid)
+                .map(|removed| Response::Collected { removed }),
+            Request::Status => Ok(Response::Status(self.status())),
+            Request::ListEndpoints => Ok(Response::Endpoints {
+                endpoints: self.endpoint_list(),
+            }),
+        }
+    }
+
+    fn apply_snapshot(&mut self, snapshot: Snapshot) {
+        let (desired, mut problems) = DesiredState::build(&snapshot.objects);
+        problems.extend(snapshot.problems);
+        for p in &problems {
+            tracing::warn!(problem = %p, "desired state");
+        }
+        self.source_problems = problems;
+        self.desired = desired;
+        self.reconcile_nodes();
+    }
+
+    pub(crate) fn ready(&self) -> bool {
+        self.node.is_some()
+    }
+
+    pub(crate) fn require_ready(&self) -> Result<&SelfNode, ApiError> {
+        self.node.as_ref().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "node {:?} is not in the desired state yet (no Node object with that name in {})",
+                    self.cfg.node_name, self.source
+                ),
+            )
+        })
+    }
+
+    pub(crate) fn pod_mtu(&self, node: &SelfNode) -> u32 {
+        match self.cfg.routing {
+            RoutingMode::Native => node.underlay_mtu,
+            RoutingMode::Vxlan => node.underlay_mtu - sluice_api::config::VXLAN_OVERHEAD,
+        }
+    }
+
+    fn status(&self) -> AgentStatus {
+        let pod_cidr = self.node.as_ref().map(|n| n.info.pod_cidr);
+        let capacity = pod_cidr.map(sluice_model::ipam::capacity).unwrap_or(0);
+        let in_use = self.records.len() + self.reserved.len();
+        let mut problems = self.source_problems.clone();
+        problems.extend(self.state_problems.iter().cloned());
+        if self.node.is_none() {
+            problems.push(format!(
+                "Node {:?} not found in {}",
+                self.cfg.node_name, self.source
+            ));
+        }
+        let counters = match self.dp.metrics() {
+            Ok(m) => m.into_iter().map(|(k, v)| counter(k, v)).collect(),
+            Err(e) => {
+                problems.push(format!("reading datapath counters: {e}"));
+                Vec::new()
+            }
+        };
+        AgentStatus {
+            node: self.cfg.node_name.clone(),
+            routing: self.cfg.routing.to_string(),
+            pod_cidr,
+            node_ip: self.node.as_ref().map(|n| n.info.address),
+            ready: self.ready(),
+            endpoints: self.records.len(),
+            ips_allocated: in_use,
+            ips_free: capacity.saturating_sub(in_use),
+            remote_nodes: self
+                .remote
+                .values()
+                .map(|n| sluice_api::RemoteNode {
+                    name: n.name.clone(),
+                    address: n.address,
+                    pod_cidr: n.pod_cidr,
+                })
+                .collect(),
+            source: self.source.clone(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            pin_path: self.dp.pin_path().to_path_buf(),
+            problems,
+            counters,
+        }
+    }
+}
+
+fn request_name(r: &Request) -> &'static str {
+    match r {
+        Request::Add { .. } => "add",
+        Request::Del { .. } => "del",
+        Request::Check { .. } => "check",
+        Request::Gc { .. } => "gc",
+        Request::Status => "status",
+        Request::ListEndpoints => "list_endpoints",
+    }
+}
+
+fn counter(k: abi::MetricsKey, v: abi::MetricsValue) -> Counter {
+    let point = match k.point {
+        abi::POINT_FROM_ENDPOINT => "from-endpoint",
+        abi::POINT_TO_ENDPOINT => "to-endpoint",
+        abi::POINT_FROM_OVERLAY => "from-overlay",
+        abi::POINT_TO_OVERLAY => "to-overlay",
+        _ => "unknown",
+    };
+    let outcome = match k.outcome {
+        abi::OUTCOME_TO_STACK => "to-stack",
+        abi::OUTCOME_REDIRECT => "redirect",
+        abi::OUTCOME_ENCAP => "encap",
+        abi::OUTCOME_DROP => "drop",
+        _ => "unknown",
+    };
+    let reason = match k.reason {
+        0 => String::new(),
+        abi::DROP_INVALID_SOURCE_IP => "invalid-source-ip".into(),
+        abi::DROP_INVALID_PACKET => "invalid-packet".into(),
+        abi::DROP_NO_TUNNEL_ENDPOINT => "no-tunnel-endpoint".into(),
+        other => format!("reason-{other}"),
+    };
+    Counter {
+        point: point.into(),
+        outcome: outcome.into(),
+        reason,
+        packets: v.packets,
+        bytes: v.bytes,
+    }
+}

@@ -1,0 +1,147 @@
+//! sluice-agent: one per node. Reads desired state from a source, programs the datapath, and
+//! serves the agent API that `sluice-cni` and the `sluice` CLI use.
+
+mod api;
+mod core;
+mod endpoints;
+mod nodes;
+mod overlay;
+pub mod source;
+mod store;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use sluice_api::config::AgentConfig;
+use sluice_datapath::{features, Datapath};
+use sluice_netdev::NetHandle;
+
+use crate::core::{Command, Core};
+use crate::source::Source;
+
+/// Reads and validates the agent's YAML configuration.
+pub fn load_config(path: &Path) -> anyhow::Result<AgentConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg: AgentConfig =
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if cfg.node_name.is_empty() {
+        bail!("{}: nodeName must not be empty", path.display());
+    }
+    if let Some(mtu) = cfg.underlay_mtu {
+        if !(1280..=65535).contains(&mtu) {
+            bail!(
+                "{}: underlayMtu: {mtu} is outside 1280..=65535",
+                path.display()
+            );
+        }
+    }
+    Ok(cfg)
+}
+
+/// Runs the agent until SIGTERM/SIGINT. The datapath stays in place when it exits.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    features::check()?;
+    let pin_path = cfg.pin_path();
+    let bpffs_root = Path::new("/sys/fs/bpf");
+    if pin_path.starts_with(bpffs_root) {
+        features::ensure_bpffs(bpffs_root)?;
+    }
+    if !features::is_bpffs(pin_path.parent().unwrap_or(bpffs_root))
+        && !pin_path.starts_with(bpffs_root)
+    {
+        tracing::warn!(pin = %pin_path.display(), "pin path is not on bpffs");
+    }
+    std::fs::create_dir_all(&cfg.manifests)
+        .with_context(|| format!("manifest directory {}", cfg.manifests.display()))?;
+
+    let source: Box<dyn Source> = Box::new(source::manifests::ManifestDir::new(&cfg.manifests));
+    let (core_tx, core_rx) = mpsc::channel::<Command>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    let core_cfg = cfg.clone();
+    let description = source.describe();
+    // The datapath handles (aya) and netlink handle live on this one thread.
+    let core_thread = std::thread::Builder::new()
+        .name("core".into())
+        .spawn(move || {
+            let started = (|| -> anyhow::Result<Core> {
+                let dp = Datapath::load(&core_cfg.pin_path()).with_context(|| {
+                    format!("loading the datapath at {}", core_cfg.pin_path().display())
+                })?;
+                let net = NetHandle::current().context("opening netlink")?;
+                let (store, loaded) = store::Store::open(&core_cfg.state_dir)?;
+                let mut core = Core {
+                    cfg: core_cfg,
+                    source: description,
+                    dp,
+                    net,
+                    store,
+                    records: BTreeMap::new(),
+                    reserved: BTreeMap::new(),
+                    last_allocated: None,
+                    node: None,
+                    remote: BTreeMap::new(),
+                    swept: false,
+                    desired: Default::default(),
+                    source_problems: Vec::new(),
+                    state_problems: Vec::new(),
+                    started: Instant::now(),
+                };
+                for (ip, why) in &loaded.unreadable {
+                    core.state_problems.push(format!(
+                        "state file for {ip} is unreadable ({why}); address kept reserved"
+                    ));
+                }
+                core.reserved = loaded.unreadable;
+                core.recover(loaded.records);
+                Ok(core)
+            })();
+            match started {
+                Ok(core) => {
+                    let _ = ready_tx.send(Ok(()));
+                    core.run(core_rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })?;
+    ready_rx.recv().context("core thread died")??;
+
+    let (snap_tx, snap_rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("source".into())
+        .spawn(move || source.run(snap_tx))?;
+    let forward = core_tx.clone();
+    std::thread::Builder::new()
+        .name("source-forward".into())
+        .spawn(move || {
+            for snapshot in snap_rx {
+                if forward.send(Command::Snapshot(snapshot)).is_err() {
+                    return;
+                }
+            }
+        })?;
+
+    let listener = api::bind(&cfg.socket)?;
+    tracing::info!(socket = %cfg.socket.display(), node = %cfg.node_name, routing = %cfg.routing, "sluice-agent serving");
+    let server = tokio::spawn(api::serve(listener, core_tx.clone()));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping; the datapath stays pinned"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping; the datapath stays pinned"),
+    }
+    server.abort();
+    let _ = std::fs::remove_file(&cfg.socket);
+    // Let a request in progress finish so its on-disk record is consistent.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    if core_tx.send(Command::Shutdown(done_tx)).is_ok() {
+        let _ = done_rx.await;
+    }
+    let _ = core_thread;
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The embedded source: a directory of Kubernetes YAML manifests, watched with inotify (via
+//! `notify`) and rescanned periodically as a safety net.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
+use sluice_model::{parse_manifests, Object};
+
+use super::{Snapshot, Source};
+
+const RESCAN: Duration = Duration::from_secs(5);
+/// Editors write files in several steps; wait for the burst to settle.
+const SETTLE: Duration = Duration::from_millis(50);
+
+pub struct ManifestDir {
+    dir: PathBuf,
+}
+
+impl ManifestDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+}
+
+/// One file as last read: its signature (mtime, length) and its objects.
+struct FileState {
+    signature: (Option<SystemTime>, u64),
+    objects: Vec<Object>,
+    problem: Option<String>,
+}
+
+struct Scanner {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+impl Scanner {
+    /// Re-reads files whose signature changed; returns the snapshot.
+    fn scan(&mut self) -> Snapshot {
+        let mut problems = Vec::new();
+        let mut seen = Vec::new();
+        match std::fs::read_dir(&self.dir) {
+            Err(e) => problems.push(format!("manifest directory {}: {e}", self.dir.display())),
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if !is_manifest(&path) {
+                        continue;
+                    }
+                    seen.push(path.clone());
+                    let meta = entry.metadata().ok();
+                    let signature = (
+                        meta.as_ref().and_then(|m| m.modified().ok()),
+                        meta.as_ref().map(|m| m.len()).unwrap_or(0),
+                    );
+                    if self
+                        .files
+                        .get(&path)
+                        .is_some_and(|f| f.signature == signature)
+                    {
+                        continue;
+                    }
+                    let origin = path.display().to_string();
+                    let parsed = std::fs::read_to_string(&path)
+                        .map_err(|e| format!("{origin}: {e}"))
+                        .and_then(|text| {
+                            parse_manifests(&origin, &text).map_err(|e| e.to_string())
+                        });
+                    let previous = self.files.remove(&path);
+                    let state = match parsed {
+                        Ok(objects) => FileState {
+                            signature,
+                            objects,
+                            problem: None,
+                        },
+                        // Keep what the file said before it broke: bad input changes nothing.
+                        Err(problem) => FileState {
+                            signature,
+                            objects: previous.map(|p| p.objects).unwrap_or_default(),
+                            problem: Some(problem),
+                        },
+                    };
+                    self.files.insert(path, state);
+                }
+            }
+        }
+        self.files.retain(|path, _| seen.contains(path));
+        let mut objects = Vec::new();
+        for file in self.files.values() {
+            objects.extend(file.objects.iter().cloned());
+            problems.extend(file.problem.clone());
+        }
+        Snapshot { objects, problems }
+    }
+}
+
+fn is_manifest(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'));
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    !hidden && matches!(ext, "yaml" | "yml" | "json") && path.is_file()
+}
+
+impl Source for ManifestDir {
+    fn describe(&self) -> String {
+        format!("files:{}", self.dir.display())
+    }
+
+    fn run(self: Box<Self>, tx: mpsc::Sender<Snapshot>) {
+        let (wake_tx, wake_rx) = mpsc::channel::<()>();
+        let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+            let _ = wake_tx.send(());
+        })
+        .and_then(|mut w| w.watch(&self.dir, RecursiveMode::NonRecursive).map(|_| w));
+        if let Err(e) = &watcher {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "inotify watch failed; polling only");
+        }
+        let mut scanner = Scanner {
+            dir: self.dir.clone(),
+            files: BTreeMap::new(),
+        };
+        let mut last: Option<Snapshot> = None;
+        loop {
+            let snapshot = scanner.scan();
+            if last.as_ref() != Some(&snapshot) {
+                if tx.send(snapshot.clone()).is_err() {
+                    return;
+                }
+                last = Some(snapshot);
+            }
+            match wake_rx.recv_timeout(RESCAN) {
+                Ok(()) => {
+                    std::thread::sleep(SETTLE);
+                    while wake_rx.try_recv().is_ok() {}
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // No watcher: fall back to polling.
+                    std::thread::sleep(RESCAN);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str =
+        "apiVersion: v1\nkind: Node\nmetadata: {name: a}\nspec: {podCIDR: 10.0.0.0/24}\n";
+
+    #[test]
+    fn a_broken_file_keeps_its_last_good_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nodes.yaml");
+        std::fs::write(&file, NODE).unwrap();
+        let mut scanner = Scanner {
+            dir: dir.path().into(),
+            files: BTreeMap::new(),
+        };
+        let first = scanner.scan();
+        assert_eq!(first.objects.len(), 1);
+        assert!(first.problems.is_empty());
+
+        std::fs::write(&file, "kind: [broken\n").unwrap();
+        let second = scanner.scan();
+        assert_eq!(second.objects, first.objects, "objects kept");
+        assert_eq!(second.problems.len(), 1);
+        assert!(
+            second.problems[0].contains("nodes.yaml"),
+            "{:?}",
+            second.problems
+        );
+
+        std::fs::remove_file(&file).unwrap();
+        let third = scanner.scan();
+        assert!(
+            third.objects.is_empty(),
+            "a removed file removes its objects"
+        );
+    }
+
+    #[test]
+    fn changes_are_delivered_by_the_watcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let source = Box::new(ManifestDir::new(dir.path()));
+        std::thread::spawn(move || source.run(tx));
+        let empty = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(empty.objects.is_empty());
+        std::fs::write(dir.path().join("n.yaml"), NODE).unwrap();
+        // Within the rescan period, so inotify must have delivered it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(4);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let next = rx
+                .recv_timeout(left)
+                .expect("change seen before the rescan");
+            if next.objects.len() == 1 {
+                break;
+            }
+        }
+    }
+}
