@@ -137,12 +137,7 @@ impl Datapath {
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let (dev, _direction) = name.rsplit_once('.')?;
-                let (ifname, ifindex) = dev.rsplit_once('@')?;
-                Some((ifname.to_string(), ifindex.parse().ok()?))
-            })
+            .filter_map(|e| loader::parse_link_pin(&e.file_name().into_string().ok()?))
             .collect();
         out.sort();
         out.dedup();

@@ -70,11 +70,17 @@ fn classifier<'a>(object: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Sc
     program.try_into().map_err(prog_err(name))
 }
 
-/// Where links for `ifname` are pinned: `<pin>/links/<ifname>@<ifindex>.<direction>`. The
+/// Where links for `ifname` are pinned: `<pin>/links/<ifindex>-<direction>-<ifname>`. The
 /// ifindex is part of the name so a recreated device with a reused name never inherits a
-/// stale link.
+/// stale link. (bpffs refuses names containing '.', hence the dashes.)
 pub fn link_pin(pin_path: &Path, ifname: &str, ifindex: u32, direction: &str) -> PathBuf {
-    pin_path
-        .join("links")
-        .join(format!("{ifname}@{ifindex}.{direction}"))
+    pin_path.join("links").join(format!("{ifindex}-{direction}-{}", ifname.replace('.', "_")))
+}
+
+/// The inverse of `link_pin`'s file name: (ifname, ifindex).
+pub fn parse_link_pin(file_name: &str) -> Option<(String, u32)> {
+    let mut parts = file_name.splitn(3, '-');
+    let ifindex = parts.next()?.parse().ok()?;
+    let _direction = parts.next()?;
+    Some((parts.next()?.to_string(), ifindex))
 }
