@@ -5,9 +5,11 @@ pub mod ipam;
 pub mod maglev;
 pub mod manifest;
 pub mod node;
+pub mod service;
 pub mod state;
 
 pub use diff::{diff_maps, MapDiff};
 pub use manifest::{parse_manifests, Object};
 pub use node::NodeInfo;
-pub use state::{DesiredState, PodInfo};
+pub use service::{Protocol, ServiceInfo};
+pub use state::{ContainerPort, DesiredState, PodInfo};

@@ -1,6 +1,6 @@
 //! Parsing Kubernetes YAML manifests (multi-document) into typed objects.
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use serde_json::Value;
 
 /// The kinds sluice reads; everything else is kept by kind name and ignored.
@@ -9,6 +9,7 @@ pub enum Object {
     Node(Box<Node>),
     Namespace(Box<Namespace>),
     Pod(Box<Pod>),
+    Service(Box<Service>),
     Other { api_version: String, kind: String },
 }
 
@@ -55,6 +56,9 @@ pub fn parse_manifests(origin: &str, text: &str) -> Result<Vec<Object>, Manifest
                 Object::Namespace(serde_json::from_value(doc).map_err(|e| typed("Namespace", e))?)
             }
             ("v1", "Pod") => Object::Pod(serde_json::from_value(doc).map_err(|e| typed("Pod", e))?),
+            ("v1", "Service") => {
+                Object::Service(serde_json::from_value(doc).map_err(|e| typed("Service", e))?)
+            }
             _ => Object::Other { api_version, kind },
         };
         objects.push(object);

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use crate::manifest::Object;
 use crate::node::NodeInfo;
+use crate::service::{Protocol, ServiceInfo};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
@@ -14,6 +15,19 @@ pub struct PodInfo {
     pub node_name: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub ip: Option<Ipv4Addr>,
+    /// Container ports of all containers (named ports resolve against these).
+    pub ports: Vec<ContainerPort>,
+    /// Running and not reported unready (a Ready=False condition).
+    pub ready: bool,
+    /// metadata.deletionTimestamp is set.
+    pub terminating: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,6 +37,8 @@ pub struct DesiredState {
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// "namespace/name" -> pod.
     pub pods: BTreeMap<String, PodInfo>,
+    /// "namespace/name" -> service.
+    pub services: BTreeMap<String, ServiceInfo>,
 }
 
 impl DesiredState {
@@ -51,6 +67,12 @@ impl DesiredState {
                         state
                             .pods
                             .insert(format!("{}/{}", info.namespace, info.name), info);
+                    }
+                    Err(e) => problems.push(e),
+                },
+                Object::Service(svc) => match ServiceInfo::from_service(svc) {
+                    Ok(info) => {
+                        state.services.insert(info.key(), info);
                     }
                     Err(e) => problems.push(e),
                 },
@@ -100,7 +122,39 @@ fn pod_info(pod: &k8s_openapi::api::core::v1::Pod) -> Result<PodInfo, String> {
             format!("Pod {namespace}/{name}: status.podIP: {text:?} is not an IPv4 address")
         })?),
     };
+    let mut ports = Vec::new();
+    for (ci, c) in pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .enumerate()
+    {
+        for (pi, p) in c.ports.iter().flatten().enumerate() {
+            let field = format!("Pod {namespace}/{name}: spec.containers[{ci}].ports[{pi}]");
+            if !(1..=65535).contains(&p.container_port) {
+                return Err(format!(
+                    "{field}.containerPort: {} is outside 1..=65535",
+                    p.container_port
+                ));
+            }
+            let protocol = Protocol::parse(p.protocol.as_deref())
+                .map_err(|m| format!("{field}.protocol: {m}"))?;
+            ports.push(ContainerPort {
+                name: p.name.clone(),
+                port: p.container_port as u16,
+                protocol,
+            });
+        }
+    }
+    let status = pod.status.as_ref();
+    let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+    let reported_unready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status != "True"));
     Ok(PodInfo {
+        ports,
+        ready: running && !reported_unready,
+        terminating: pod.metadata.deletion_timestamp.is_some(),
         node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         namespace,
