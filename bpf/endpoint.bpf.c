@@ -5,6 +5,7 @@
  *   to_container:   tc egress, packets about to enter the pod.
  */
 #include "lib/forward.h"
+#include "lib/lb.h"
 
 SEC("classifier")
 int from_container(struct __sk_buff *skb)
@@ -32,6 +33,24 @@ int from_container(struct __sk_buff *skb)
 	if (ttl <= 1)
 		return to_stack(skb, point);
 
+	/* Services: a frontend becomes a backend before we decide where the packet goes. */
+	struct l4_tuple t = {};
+	int l4 = parse_l4(skb, ip, &t);
+	if (l4 < 0)
+		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
+	if (l4 == 0) {
+		__u16 reason = 0;
+		switch (lb4_translate(skb, saddr, daddr, &t, &daddr, &reason)) {
+		case LB_DROP:
+			return drop(skb, point, reason);
+		case LB_DONE:
+			count(skb, point, SLUICE_OUTCOME_DNAT, 0);
+			break;
+		case LB_PASS:
+			break;
+		}
+	}
+
 	struct endpoint_info *peer = lookup_endpoint(daddr);
 	if (peer)
 		return deliver_local(skb, point, peer, ttl);
@@ -49,8 +68,27 @@ int from_container(struct __sk_buff *skb)
 SEC("classifier")
 int to_container(struct __sk_buff *skb)
 {
-	/* Ingress policy lands here; for now every packet is delivered and counted. */
-	return to_stack(skb, SLUICE_POINT_TO_ENDPOINT);
+	const __u8 point = SLUICE_POINT_TO_ENDPOINT;
+	struct iphdr *ip = 0;
+
+	if (parse_ipv4(skb, &ip) != PARSE_IPV4)
+		return to_stack(skb, point);
+	/* Replies from a service backend: restore the frontend as their source. */
+	struct l4_tuple t = {};
+	if (parse_l4(skb, ip, &t) == 0) {
+		__u16 reason = 0;
+		switch (lb4_reverse(skb, ip->saddr, ip->daddr, &t, &reason)) {
+		case LB_DROP:
+			return drop(skb, point, reason);
+		case LB_DONE:
+			count(skb, point, SLUICE_OUTCOME_REVNAT, 0);
+			break;
+		case LB_PASS:
+			break;
+		}
+	}
+	/* Ingress policy lands here; for now every packet is delivered. */
+	return to_stack(skb, point);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -47,4 +47,47 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_metrics SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb4_key);
+	__type(value, struct lb4_service);
+	__uint(max_entries, SLUICE_MAX_LB_SLOTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_lb4_svc SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct lb4_backend);
+	__uint(max_entries, SLUICE_MAX_BACKENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_lb4_be SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct lb4_revnat);
+	__uint(max_entries, SLUICE_MAX_REVNAT);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_lb4_rnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct4_key);
+	__type(value, struct ct4_entry);
+	__uint(max_entries, SLUICE_MAX_CT);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_ct4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb4_affinity_key);
+	__type(value, struct lb4_affinity);
+	__uint(max_entries, SLUICE_MAX_AFFINITY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_lb4_aff SEC(".maps");
+
 #endif /* SLUICE_MAPS_H */

@@ -14,6 +14,11 @@
 #define SLUICE_MAX_ENDPOINTS 65536
 #define SLUICE_MAX_TUNNELS 16384
 #define SLUICE_MAX_METRICS 1024
+#define SLUICE_MAX_LB_SLOTS 262144
+#define SLUICE_MAX_BACKENDS 65536
+#define SLUICE_MAX_REVNAT 65536
+#define SLUICE_MAX_CT 65536        /* default; the agent sizes it at load time */
+#define SLUICE_MAX_AFFINITY 65536
 
 /* datapath_config.routing_mode */
 #define SLUICE_ROUTING_NATIVE 0
@@ -34,7 +39,20 @@
 /* Drop reasons (metrics_key.reason), numbered as Hubble's flow.DropReason. */
 #define SLUICE_DROP_INVALID_SOURCE_IP 132
 #define SLUICE_DROP_INVALID_PACKET 134
+#define SLUICE_DROP_CT_INSERT_FAILED 155
+#define SLUICE_DROP_NO_SERVICE_BACKEND 158
 #define SLUICE_DROP_NO_TUNNEL_ENDPOINT 160
+
+/* What a program did to a packet besides forwarding it (metrics_key.outcome). */
+#define SLUICE_OUTCOME_DNAT 5      /* service frontend translated to a backend */
+#define SLUICE_OUTCOME_REVNAT 6    /* reply source translated back to the frontend */
+
+/* lb4_service.flags */
+#define SLUICE_SVC_AFFINITY 0x1    /* sessionAffinity: ClientIP */
+
+/* ct4_key.dir */
+#define SLUICE_CT_SERVICE 0        /* client -> frontend, as the client sent it */
+#define SLUICE_CT_REPLY 1          /* backend -> client, the reply to reverse-translate */
 
 /* A pod on this node, keyed by its IPv4 address. */
 struct endpoint_key {
@@ -82,6 +100,73 @@ struct metrics_key {
 struct metrics_value {
 	__u64 packets;
 	__u64 bytes;
+};
+
+/*
+ * Service frontends. Slot 0 describes the service; slots 1..count each name one backend,
+ * so picking a backend is one random number and one lookup, and adding or removing a
+ * backend touches only its own slot and slot 0.
+ */
+struct lb4_key {
+	__u32 address;   /* frontend address (ClusterIP, ...) */
+	__u16 port;      /* frontend port */
+	__u8 proto;      /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 scope;      /* reserved, 0 */
+	__u16 slot;
+	__u16 pad;
+};
+
+struct lb4_service {
+	__u32 backend_id;        /* slot > 0: the backend in this slot */
+	__u16 count;             /* slot 0: number of backend slots */
+	__u16 flags;             /* slot 0: SLUICE_SVC_* */
+	__u32 rev_nat_id;        /* slot 0: reverse translation of this frontend */
+	__u32 affinity_timeout;  /* slot 0: seconds, with SLUICE_SVC_AFFINITY */
+};
+
+struct lb4_backend {
+	__u32 address;
+	__u16 port;
+	__u8 proto;
+	__u8 flags;      /* reserved, 0 */
+};
+
+/* The frontend a reply's source is translated back to. */
+struct lb4_revnat {
+	__u32 address;
+	__u16 port;
+	__u16 pad;
+};
+
+struct ct4_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 dir;        /* SLUICE_CT_* */
+	__u16 pad;
+};
+
+struct ct4_entry {
+	__u64 last_seen_ns;  /* bpf_ktime_get_ns() of the last packet */
+	__u32 nat_address;   /* SERVICE: the backend; REPLY: the frontend */
+	__u16 nat_port;
+	__u16 flags;         /* reserved, 0 */
+	__u32 rev_nat_id;
+	__u32 backend_id;
+};
+
+/* sessionAffinity: ClientIP memory, per client and frontend. */
+struct lb4_affinity_key {
+	__u32 client;
+	__u32 rev_nat_id;
+};
+
+struct lb4_affinity {
+	__u64 last_used_ns;
+	__u32 backend_id;
+	__u32 pad;
 };
 
 #endif /* SLUICE_ABI_H */

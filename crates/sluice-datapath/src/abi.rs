@@ -19,7 +19,17 @@ pub const OUTCOME_DROP: u8 = 4;
 
 pub const DROP_INVALID_SOURCE_IP: u16 = 132;
 pub const DROP_INVALID_PACKET: u16 = 134;
+pub const DROP_CT_INSERT_FAILED: u16 = 155;
+pub const DROP_NO_SERVICE_BACKEND: u16 = 158;
 pub const DROP_NO_TUNNEL_ENDPOINT: u16 = 160;
+
+pub const OUTCOME_DNAT: u8 = 5;
+pub const OUTCOME_REVNAT: u8 = 6;
+
+pub const SVC_AFFINITY: u16 = 0x1;
+
+pub const CT_SERVICE: u8 = 0;
+pub const CT_REPLY: u8 = 1;
 
 /// The address as the datapath stores it (network byte order in a native u32).
 pub fn ip_to_be(ip: Ipv4Addr) -> u32 {
@@ -87,6 +97,82 @@ pub struct MetricsValue {
     pub bytes: u64,
 }
 
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Lb4Key {
+    pub address: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub slot: u16,
+    pub pad: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lb4Service {
+    pub backend_id: u32,
+    pub count: u16,
+    pub flags: u16,
+    pub rev_nat_id: u32,
+    pub affinity_timeout: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Lb4Backend {
+    pub address: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lb4RevNat {
+    pub address: u32,
+    pub port: u16,
+    pub pad: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Ct4Key {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub pad: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ct4Entry {
+    pub last_seen_ns: u64,
+    pub nat_address: u32,
+    pub nat_port: u16,
+    pub flags: u16,
+    pub rev_nat_id: u32,
+    pub backend_id: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Lb4AffinityKey {
+    pub client: u32,
+    pub rev_nat_id: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lb4Affinity {
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub pad: u32,
+}
+
 // SAFETY: plain #[repr(C)] data with no padding-sensitive invariants; any bit pattern is valid.
 unsafe impl aya::Pod for EndpointKey {}
 unsafe impl aya::Pod for EndpointInfo {}
@@ -95,6 +181,14 @@ unsafe impl aya::Pod for TunnelInfo {}
 unsafe impl aya::Pod for DatapathConfig {}
 unsafe impl aya::Pod for MetricsKey {}
 unsafe impl aya::Pod for MetricsValue {}
+unsafe impl aya::Pod for Lb4Key {}
+unsafe impl aya::Pod for Lb4Service {}
+unsafe impl aya::Pod for Lb4Backend {}
+unsafe impl aya::Pod for Lb4RevNat {}
+unsafe impl aya::Pod for Ct4Key {}
+unsafe impl aya::Pod for Ct4Entry {}
+unsafe impl aya::Pod for Lb4AffinityKey {}
+unsafe impl aya::Pod for Lb4Affinity {}
 
 /// (C struct name, Rust size, [(field, offset, size)]) for every shared struct: what the layout
 /// test compares against the objects' BTF.
@@ -134,5 +228,32 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize, usize)>)
         ),
         layout!("metrics_key", MetricsKey, [point, outcome, reason]),
         layout!("metrics_value", MetricsValue, [packets, bytes]),
+        layout!("lb4_key", Lb4Key, [address, port, proto, scope, slot, pad]),
+        layout!(
+            "lb4_service",
+            Lb4Service,
+            [backend_id, count, flags, rev_nat_id, affinity_timeout]
+        ),
+        layout!("lb4_backend", Lb4Backend, [address, port, proto, flags]),
+        layout!("lb4_revnat", Lb4RevNat, [address, port, pad]),
+        layout!(
+            "ct4_key",
+            Ct4Key,
+            [saddr, daddr, sport, dport, proto, dir, pad]
+        ),
+        layout!(
+            "ct4_entry",
+            Ct4Entry,
+            [
+                last_seen_ns,
+                nat_address,
+                nat_port,
+                flags,
+                rev_nat_id,
+                backend_id
+            ]
+        ),
+        layout!("lb4_affinity_key", Lb4AffinityKey, [client, rev_nat_id]),
+        layout!("lb4_affinity", Lb4Affinity, [last_used_ns, backend_id, pad]),
     ]
 }

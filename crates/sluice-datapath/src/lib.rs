@@ -9,6 +9,7 @@ pub mod abi;
 mod attach;
 mod error;
 pub mod features;
+pub mod lb;
 mod loader;
 mod objects;
 pub mod testrun;
@@ -35,6 +36,7 @@ pub struct Datapath {
     tunnels: LpmTrie<MapData, u32, TunnelInfo>,
     config: Array<MapData, DatapathConfig>,
     metrics: PerCpuHashMap<MapData, MetricsKey, MetricsValue>,
+    lb: lb::LbMaps,
 }
 
 impl Datapath {
@@ -56,6 +58,7 @@ impl Datapath {
             Array::try_from(take(MAP_CONFIG, &mut objects)?).map_err(map_err(MAP_CONFIG))?;
         let metrics = PerCpuHashMap::try_from(take(MAP_METRICS, &mut objects)?)
             .map_err(map_err(MAP_METRICS))?;
+        let lb = lb::LbMaps::take(&mut objects.endpoint)?;
         Ok(Self {
             pin_path: pin_path.to_path_buf(),
             objects,
@@ -63,11 +66,21 @@ impl Datapath {
             tunnels,
             config,
             metrics,
+            lb,
         })
     }
 
     pub fn pin_path(&self) -> &Path {
         &self.pin_path
+    }
+
+    /// The service load-balancing maps.
+    pub fn lb(&mut self) -> &mut lb::LbMaps {
+        &mut self.lb
+    }
+
+    pub fn lb_ref(&self) -> &lb::LbMaps {
+        &self.lb
     }
 
     /// A loaded program, e.g. for BPF_PROG_TEST_RUN.

@@ -74,7 +74,10 @@ fn classifier<'a>(object: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Sc
 /// ifindex is part of the name so a recreated device with a reused name never inherits a
 /// stale link. (bpffs refuses names containing '.', hence the dashes.)
 pub fn link_pin(pin_path: &Path, ifname: &str, ifindex: u32, direction: &str) -> PathBuf {
-    pin_path.join("links").join(format!("{ifindex}-{direction}-{}", ifname.replace('.', "_")))
+    pin_path.join("links").join(format!(
+        "{ifindex}-{direction}-{}",
+        ifname.replace('.', "_")
+    ))
 }
 
 /// The inverse of `link_pin`'s file name: (ifname, ifindex).

@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/*
+ * Per-packet service load balancing for traffic leaving pods: frontend -> backend
+ * translation with connection tracking, and the reverse translation of replies.
+ * Userspace writes every entry; here we only look up, pick and rewrite.
+ */
+#ifndef SLUICE_LB_H
+#define SLUICE_LB_H
+
+#include "maps.h"
+#include "metrics.h"
+#include "l4.h"
+
+enum lb_verdict {
+	LB_PASS,     /* not a service packet, or nothing to translate */
+	LB_DONE,     /* translated; the packet now carries the backend address */
+	LB_DROP,     /* *reason says why */
+};
+
+static __always_inline struct lb4_service *lb4_lookup_slot(__u32 addr, __u16 port, __u8 proto,
+							   __u16 slot)
+{
+	struct lb4_key key = { .address = addr, .port = port, .proto = proto, .slot = slot };
+	return bpf_map_lookup_elem(&sluice_lb4_svc, &key);
+}
+
+/* A backend for a new connection: the remembered one under ClientIP affinity, else random. */
+static __always_inline struct lb4_backend *lb4_select(__u32 client, __u32 vip, const struct l4_tuple *t,
+						       const struct lb4_service *svc, __u32 *backend_id)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct lb4_affinity_key akey = { .client = client, .rev_nat_id = svc->rev_nat_id };
+
+	if (svc->flags & SLUICE_SVC_AFFINITY) {
+		struct lb4_affinity *a = bpf_map_lookup_elem(&sluice_lb4_aff, &akey);
+		if (a && now - a->last_used_ns <= (__u64)svc->affinity_timeout * 1000000000ULL) {
+			struct lb4_backend *be = bpf_map_lookup_elem(&sluice_lb4_be, &a->backend_id);
+			if (be) {
+				a->last_used_ns = now;
+				*backend_id = a->backend_id;
+				return be;
+			}
+		}
+	}
+	__u16 slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	struct lb4_service *entry = lb4_lookup_slot(vip, t->dport, t->proto, slot);
+	if (!entry)
+		return 0;
+	struct lb4_backend *be = bpf_map_lookup_elem(&sluice_lb4_be, &entry->backend_id);
+	if (!be)
+		return 0;
+	*backend_id = entry->backend_id;
+	if (svc->flags & SLUICE_SVC_AFFINITY) {
+		struct lb4_affinity a = { .last_used_ns = now, .backend_id = entry->backend_id };
+		bpf_map_update_elem(&sluice_lb4_aff, &akey, &a, BPF_ANY);
+	}
+	return be;
+}
+
+/*
+ * Translates a packet addressed to a service frontend. An existing connection keeps its
+ * backend (even one that has since left the service); a new one gets a backend and two
+ * CT entries: the forward one keyed as the client sent it, and the reply one keyed as the
+ * backend will answer, which holds the reverse translation.
+ */
+static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u32 saddr, __u32 daddr,
+						     const struct l4_tuple *t, __u32 *new_daddr,
+						     __u16 *reason)
+{
+	struct ct4_key fwd = {
+		.saddr = saddr, .daddr = daddr, .sport = t->sport, .dport = t->dport,
+		.proto = t->proto, .dir = SLUICE_CT_SERVICE,
+	};
+	__u64 now = bpf_ktime_get_ns();
+	struct ct4_entry *ct = bpf_map_lookup_elem(&sluice_ct4, &fwd);
+	/* A bare SYN starts a new connection even if the tuple is reused. */
+	int new_tcp = t->proto == IPPROTO_TCP &&
+		      (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+
+	if (ct && !new_tcp) {
+		ct->last_seen_ns = now;
+		*new_daddr = ct->nat_address;
+		if (rewrite_endpoint(skb, t, 1, daddr, ct->nat_address, t->dport, ct->nat_port)) {
+			*reason = SLUICE_DROP_INVALID_PACKET;
+			return LB_DROP;
+		}
+		return LB_DONE;
+	}
+
+	struct lb4_service *svc = lb4_lookup_slot(daddr, t->dport, t->proto, 0);
+	if (!svc)
+		return LB_PASS;
+	if (svc->count == 0) {
+		*reason = SLUICE_DROP_NO_SERVICE_BACKEND;
+		return LB_DROP;
+	}
+	__u32 backend_id = 0;
+	struct lb4_backend *be = lb4_select(saddr, daddr, t, svc, &backend_id);
+	if (!be) {
+		*reason = SLUICE_DROP_NO_SERVICE_BACKEND;
+		return LB_DROP;
+	}
+	struct ct4_entry entry = {
+		.last_seen_ns = now, .nat_address = be->address, .nat_port = be->port,
+		.rev_nat_id = svc->rev_nat_id, .backend_id = backend_id,
+	};
+	struct ct4_key rev = {
+		.saddr = be->address, .daddr = saddr, .sport = be->port, .dport = t->sport,
+		.proto = t->proto, .dir = SLUICE_CT_REPLY,
+	};
+	struct ct4_entry reply = {
+		.last_seen_ns = now, .nat_address = daddr, .nat_port = t->dport,
+		.rev_nat_id = svc->rev_nat_id, .backend_id = backend_id,
+	};
+	if (bpf_map_update_elem(&sluice_ct4, &fwd, &entry, BPF_ANY) ||
+	    bpf_map_update_elem(&sluice_ct4, &rev, &reply, BPF_ANY)) {
+		*reason = SLUICE_DROP_CT_INSERT_FAILED;
+		return LB_DROP;
+	}
+	*new_daddr = be->address;
+	if (rewrite_endpoint(skb, t, 1, daddr, be->address, t->dport, be->port)) {
+		*reason = SLUICE_DROP_INVALID_PACKET;
+		return LB_DROP;
+	}
+	return LB_DONE;
+}
+
+/* Replies from a backend get the frontend back as their source. */
+static __always_inline enum lb_verdict lb4_reverse(struct __sk_buff *skb, __u32 saddr, __u32 daddr,
+						   const struct l4_tuple *t, __u16 *reason)
+{
+	struct ct4_key rev = {
+		.saddr = saddr, .daddr = daddr, .sport = t->sport, .dport = t->dport,
+		.proto = t->proto, .dir = SLUICE_CT_REPLY,
+	};
+	struct ct4_entry *ct = bpf_map_lookup_elem(&sluice_ct4, &rev);
+	if (!ct)
+		return LB_PASS;
+	ct->last_seen_ns = bpf_ktime_get_ns();
+	if (rewrite_endpoint(skb, t, 0, saddr, ct->nat_address, t->sport, ct->nat_port)) {
+		*reason = SLUICE_DROP_INVALID_PACKET;
+		return LB_DROP;
+	}
+	return LB_DONE;
+}
+
+#endif /* SLUICE_LB_H */

@@ -1,0 +1,106 @@
+//! Typed handles on the service load-balancing maps.
+
+use aya::maps::{HashMap, MapData, MapError};
+
+use crate::abi::{
+    Ct4Entry, Ct4Key, Lb4Affinity, Lb4AffinityKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service,
+};
+use crate::error::{map_err, Error, Result};
+
+pub const MAP_LB_SERVICES: &str = "sluice_lb4_svc";
+pub const MAP_LB_BACKENDS: &str = "sluice_lb4_be";
+pub const MAP_LB_REVNAT: &str = "sluice_lb4_rnat";
+pub const MAP_CT: &str = "sluice_ct4";
+pub const MAP_LB_AFFINITY: &str = "sluice_lb4_aff";
+
+pub struct LbMaps {
+    pub(crate) services: HashMap<MapData, Lb4Key, Lb4Service>,
+    pub(crate) backends: HashMap<MapData, u32, Lb4Backend>,
+    pub(crate) revnat: HashMap<MapData, u32, Lb4RevNat>,
+    pub(crate) ct: HashMap<MapData, Ct4Key, Ct4Entry>,
+    pub(crate) affinity: HashMap<MapData, Lb4AffinityKey, Lb4Affinity>,
+}
+
+fn removed(map: &'static str, r: std::result::Result<(), MapError>) -> Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(e) => Err(map_err(map)(e)),
+    }
+}
+
+fn collect<K: aya::Pod, V: aya::Pod>(
+    map: &'static str,
+    m: &HashMap<MapData, K, V>,
+) -> Result<Vec<(K, V)>> {
+    m.iter()
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(map_err(map))
+}
+
+impl LbMaps {
+    pub(crate) fn take(object: &mut aya::Ebpf) -> Result<Self> {
+        let mut take =
+            |name: &'static str| object.take_map(name).ok_or(Error::MissingMap { map: name });
+        Ok(Self {
+            services: HashMap::try_from(take(MAP_LB_SERVICES)?)
+                .map_err(map_err(MAP_LB_SERVICES))?,
+            backends: HashMap::try_from(take(MAP_LB_BACKENDS)?)
+                .map_err(map_err(MAP_LB_BACKENDS))?,
+            revnat: HashMap::try_from(take(MAP_LB_REVNAT)?).map_err(map_err(MAP_LB_REVNAT))?,
+            ct: HashMap::try_from(take(MAP_CT)?).map_err(map_err(MAP_CT))?,
+            affinity: HashMap::try_from(take(MAP_LB_AFFINITY)?)
+                .map_err(map_err(MAP_LB_AFFINITY))?,
+        })
+    }
+
+    pub fn set_slot(&mut self, key: Lb4Key, value: Lb4Service) -> Result<()> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(map_err(MAP_LB_SERVICES))
+    }
+
+    pub fn remove_slot(&mut self, key: &Lb4Key) -> Result<bool> {
+        removed(MAP_LB_SERVICES, self.services.remove(key))
+    }
+
+    pub fn slots(&self) -> Result<Vec<(Lb4Key, Lb4Service)>> {
+        collect(MAP_LB_SERVICES, &self.services)
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: Lb4Backend) -> Result<()> {
+        self.backends
+            .insert(id, backend, 0)
+            .map_err(map_err(MAP_LB_BACKENDS))
+    }
+
+    pub fn remove_backend(&mut self, id: u32) -> Result<bool> {
+        removed(MAP_LB_BACKENDS, self.backends.remove(&id))
+    }
+
+    pub fn backends(&self) -> Result<Vec<(u32, Lb4Backend)>> {
+        collect(MAP_LB_BACKENDS, &self.backends)
+    }
+
+    pub fn set_revnat(&mut self, id: u32, revnat: Lb4RevNat) -> Result<()> {
+        self.revnat
+            .insert(id, revnat, 0)
+            .map_err(map_err(MAP_LB_REVNAT))
+    }
+
+    pub fn remove_revnat(&mut self, id: u32) -> Result<bool> {
+        removed(MAP_LB_REVNAT, self.revnat.remove(&id))
+    }
+
+    pub fn revnats(&self) -> Result<Vec<(u32, Lb4RevNat)>> {
+        collect(MAP_LB_REVNAT, &self.revnat)
+    }
+
+    pub fn conntrack(&self) -> Result<Vec<(Ct4Key, Ct4Entry)>> {
+        collect(MAP_CT, &self.ct)
+    }
+
+    pub fn affinities(&self) -> Result<Vec<(Lb4AffinityKey, Lb4Affinity)>> {
+        collect(MAP_LB_AFFINITY, &self.affinity)
+    }
+}

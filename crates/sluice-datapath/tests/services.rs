@@ -1,0 +1,398 @@
+//! Service translation in the endpoint programs, run with BPF_PROG_TEST_RUN: frontend to
+//! backend with connection tracking, the reverse translation of replies, affinity, and the
+//! drop when a service has no backend.
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::{require_root, TestDatapath};
+use sluice_datapath::abi::*;
+use sluice_datapath::testrun::{self, SkbContext, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
+use sluice_datapath::EndpointInfo;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 5);
+const LOCAL_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 6);
+const REMOTE_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 20, 1, 7);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const LO: u32 = 1;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn sum16(bytes: &[u8]) -> u32 {
+    bytes
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum()
+}
+
+/// Ethernet + IPv4 + TCP/UDP with correct checksums.
+fn packet(
+    proto: u8,
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    tcp_flags: u8,
+    udp_csum: bool,
+) -> Vec<u8> {
+    let payload = b"ping";
+    let l4_len = if proto == TCP { 20 } else { 8 } + payload.len();
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&src.0.octets());
+    ip.extend_from_slice(&dst.0.octets());
+    let c = fold(sum16(&ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&src.1.to_be_bytes());
+    l4.extend_from_slice(&dst.1.to_be_bytes());
+    if proto == TCP {
+        l4.extend_from_slice(&[
+            0, 0, 0, 1, 0, 0, 0, 0, 0x50, tcp_flags, 0xff, 0xff, 0, 0, 0, 0,
+        ]);
+    } else {
+        l4.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+    }
+    l4.extend_from_slice(payload);
+    if proto == TCP || udp_csum {
+        let c = l4_checksum(&ip, &l4);
+        let off = if proto == TCP { 16 } else { 6 };
+        l4[off..off + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&l4);
+    p
+}
+
+fn l4_checksum(ip: &[u8], l4: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, ip[9]]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    fold(sum16(&pseudo) + sum16(l4))
+}
+
+struct Parsed {
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    ip_ok: bool,
+    l4_ok: bool,
+    l4_csum: u16,
+}
+
+fn parse(p: &[u8]) -> Parsed {
+    let ip = &p[14..34];
+    let l4 = &p[34..];
+    let addr = |o: usize| Ipv4Addr::new(ip[o], ip[o + 1], ip[o + 2], ip[o + 3]);
+    let port = |o: usize| u16::from_be_bytes([l4[o], l4[o + 1]]);
+    let off = if ip[9] == TCP { 16 } else { 6 };
+    let l4_csum = u16::from_be_bytes([l4[off], l4[off + 1]]);
+    Parsed {
+        src: (addr(12), port(0)),
+        dst: (addr(16), port(2)),
+        ip_ok: fold(sum16(ip)) == 0,
+        l4_ok: (ip[9] == UDP && l4_csum == 0) || l4_checksum(ip, l4) == 0,
+        l4_csum,
+    }
+}
+
+fn be(ip: Ipv4Addr) -> u32 {
+    ip_to_be(ip)
+}
+
+fn key(vip: Ipv4Addr, port: u16, proto: u8, slot: u16) -> Lb4Key {
+    Lb4Key {
+        address: be(vip),
+        port: port.to_be(),
+        proto,
+        slot,
+        ..Default::default()
+    }
+}
+
+/// VIP:80/TCP and VIP:53/UDP -> both backends (port 8080 / 5353); EMPTY_VIP:80 has none.
+fn setup(t: &mut TestDatapath, affinity: bool) {
+    t.dp.upsert_endpoint(
+        CLIENT,
+        EndpointInfo {
+            ifindex: LO,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    t.dp.upsert_endpoint(
+        LOCAL_BACKEND,
+        EndpointInfo {
+            ifindex: 77,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let lb = t.dp.lb();
+    for (id, (addr, port, proto)) in [
+        (1, (LOCAL_BACKEND, 8080, TCP)),
+        (2, (REMOTE_BACKEND, 8080, TCP)),
+        (3, (LOCAL_BACKEND, 5353, UDP)),
+        (4, (REMOTE_BACKEND, 5353, UDP)),
+    ] {
+        lb.set_backend(
+            id,
+            Lb4Backend {
+                address: be(addr),
+                port: u16::to_be(port),
+                proto,
+                flags: 0,
+            },
+        )
+        .unwrap();
+    }
+    let flags = if affinity { SVC_AFFINITY } else { 0 };
+    for (rev, port, proto, ids) in [(10u32, 80u16, TCP, [1u32, 2]), (11, 53, UDP, [3, 4])] {
+        lb.set_slot(
+            key(VIP, port, proto, 0),
+            Lb4Service {
+                count: 2,
+                flags,
+                rev_nat_id: rev,
+                affinity_timeout: 60,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for (slot, id) in ids.iter().enumerate() {
+            lb.set_slot(
+                key(VIP, port, proto, slot as u16 + 1),
+                Lb4Service {
+                    backend_id: *id,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        }
+        lb.set_revnat(
+            rev,
+            Lb4RevNat {
+                address: be(VIP),
+                port: port.to_be(),
+                pad: 0,
+            },
+        )
+        .unwrap();
+    }
+    lb.set_slot(
+        key(EMPTY_VIP, 80, TCP, 0),
+        Lb4Service {
+            count: 0,
+            rev_nat_id: 12,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
+fn run(t: &mut TestDatapath, program: &'static str, packet: &[u8]) -> testrun::TestRun {
+    let ctx = SkbContext {
+        ifindex: LO,
+        ..Default::default()
+    };
+    testrun::run(
+        program,
+        t.dp.program(program).unwrap(),
+        packet,
+        Some(ctx),
+        1,
+    )
+    .unwrap()
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+#[test]
+fn a_connection_is_translated_tracked_and_its_replies_reversed() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup(&mut t, false);
+    let syn = packet(TCP, (CLIENT, 40000), (VIP, 80), SYN, true);
+    let out = run(&mut t, sluice_datapath::FROM_CONTAINER, &syn);
+    let p = parse(&out.packet);
+    assert!(p.ip_ok && p.l4_ok, "checksums stay valid after DNAT");
+    assert_eq!(p.src, (CLIENT, 40000));
+    assert!(
+        p.dst == (LOCAL_BACKEND, 8080) || p.dst == (REMOTE_BACKEND, 8080),
+        "{:?}",
+        p.dst
+    );
+    let expect = if p.dst.0 == LOCAL_BACKEND {
+        TC_ACT_REDIRECT
+    } else {
+        TC_ACT_OK
+    };
+    assert_eq!(out.retval, expect);
+    let backend = p.dst;
+
+    // The rest of the connection sticks to the same backend.
+    for _ in 0..20 {
+        let out = run(
+            &mut t,
+            sluice_datapath::FROM_CONTAINER,
+            &packet(TCP, (CLIENT, 40000), (VIP, 80), ACK, true),
+        );
+        assert_eq!(parse(&out.packet).dst, backend);
+    }
+
+    // The backend's reply reaches the client as if from the frontend.
+    let reply = packet(TCP, backend, (CLIENT, 40000), SYN | ACK, true);
+    let out = run(&mut t, sluice_datapath::TO_CONTAINER, &reply);
+    assert_eq!(out.retval, TC_ACT_OK);
+    let p = parse(&out.packet);
+    assert_eq!(p.src, (VIP, 80));
+    assert!(p.ip_ok && p.l4_ok, "checksums stay valid after reverse NAT");
+
+    let ct = t.dp.lb_ref().conntrack().unwrap();
+    assert_eq!(ct.len(), 2, "one forward and one reply entry: {ct:?}");
+}
+
+#[test]
+fn new_connections_spread_over_backends() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup(&mut t, false);
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 41000..41040 {
+        let out = run(
+            &mut t,
+            sluice_datapath::FROM_CONTAINER,
+            &packet(TCP, (CLIENT, sport), (VIP, 80), SYN, true),
+        );
+        seen.insert(parse(&out.packet).dst);
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "40 connections all landed on one backend: {seen:?}"
+    );
+}
+
+#[test]
+fn client_ip_affinity_pins_every_connection_to_one_backend() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup(&mut t, true);
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 42000..42030 {
+        let out = run(
+            &mut t,
+            sluice_datapath::FROM_CONTAINER,
+            &packet(TCP, (CLIENT, sport), (VIP, 80), SYN, true),
+        );
+        seen.insert(parse(&out.packet).dst);
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(t.dp.lb_ref().affinities().unwrap().len(), 1);
+}
+
+#[test]
+fn udp_with_and_without_checksum() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup(&mut t, false);
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(UDP, (CLIENT, 5000), (VIP, 53), 0, true),
+    );
+    let p = parse(&out.packet);
+    assert_eq!(p.dst.1, 5353);
+    assert!(p.ip_ok && p.l4_ok && p.l4_csum != 0);
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(UDP, (CLIENT, 5001), (VIP, 53), 0, false),
+    );
+    let p = parse(&out.packet);
+    assert_eq!(p.dst.1, 5353);
+    assert_eq!(p.l4_csum, 0, "a UDP packet without checksum stays without");
+}
+
+#[test]
+fn a_service_without_backends_drops_with_a_reason() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup(&mut t, false);
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 40000), (EMPTY_VIP, 80), SYN, true),
+    );
+    assert_eq!(out.retval, TC_ACT_SHOT);
+    let dropped =
+        t.dp.metrics()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k.outcome == OUTCOME_DROP && k.reason == DROP_NO_SERVICE_BACKEND)
+            .map(|(_, v)| v.packets);
+    assert_eq!(dropped, Some(1));
+}
+
+#[test]
+fn an_established_connection_outlives_its_backend_leaving_the_service() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup(&mut t, false);
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 43000), (VIP, 80), SYN, true),
+    );
+    let backend = parse(&out.packet).dst;
+    // Both backends leave: the service has none, and the backend entries are gone.
+    let lb = t.dp.lb();
+    lb.set_slot(
+        key(VIP, 80, TCP, 0),
+        Lb4Service {
+            count: 0,
+            rev_nat_id: 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    lb.remove_backend(1).unwrap();
+    lb.remove_backend(2).unwrap();
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 43000), (VIP, 80), ACK, true),
+    );
+    assert_ne!(out.retval, TC_ACT_SHOT);
+    assert_eq!(parse(&out.packet).dst, backend);
+    // A new connection has nowhere to go.
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 43001), (VIP, 80), SYN, true),
+    );
+    assert_eq!(out.retval, TC_ACT_SHOT);
+}
