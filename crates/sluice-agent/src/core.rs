@@ -49,6 +49,7 @@ pub struct Core {
     pub(crate) source_problems: Vec<String>,
     pub(crate) state_problems: Vec<String>,
     pub(crate) started: Instant,
+    pub(crate) lb: crate::services::LbState,
 }
 
 impl Core {
@@ -94,6 +95,9 @@ impl Core {
             Request::ListEndpoints => Ok(Response::Endpoints {
                 endpoints: self.endpoint_list(),
             }),
+            Request::ListServices => Ok(Response::Services {
+                services: self.service_list(),
+            }),
         }
     }
 
@@ -106,6 +110,45 @@ impl Core {
         self.source_problems = problems;
         self.desired = desired;
         self.reconcile_nodes();
+        self.reconcile_services();
+    }
+
+    fn reconcile_services(&mut self) {
+        let started = Instant::now();
+        match self.lb.reconcile(&mut self.dp, &self.desired) {
+            Ok((0, 0, 0)) => {}
+            Ok((added, removed, changed)) => tracing::info!(
+                added,
+                removed,
+                changed,
+                micros = started.elapsed().as_micros() as u64,
+                "service frontends reconciled"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "programming services");
+                self.state_problems
+                    .push(format!("programming services: {e}"));
+            }
+        }
+    }
+
+    fn service_list(&self) -> Vec<sluice_api::ServiceEntry> {
+        self.lb
+            .list()
+            .into_iter()
+            .map(|(f, origin, entry)| sluice_api::ServiceEntry {
+                frontend: format!("{}:{}/{}", f.address, f.port, f.protocol),
+                kind: origin.map(|o| o.kind.to_string()).unwrap_or_default(),
+                service: origin.map(|o| o.service.clone()).unwrap_or_default(),
+                port_name: origin.map(|o| o.port_name.clone()).unwrap_or_default(),
+                backends: entry
+                    .backends
+                    .iter()
+                    .map(|(a, p)| format!("{a}:{p}"))
+                    .collect(),
+                affinity_timeout: entry.affinity_timeout,
+            })
+            .collect()
     }
 
     pub(crate) fn ready(&self) -> bool {
@@ -172,6 +215,8 @@ impl Core {
             uptime_seconds: self.started.elapsed().as_secs(),
             pin_path: self.dp.pin_path().to_path_buf(),
             problems,
+            services: self.lb.frontends(),
+            backends: self.lb.backend_count(),
             counters,
         }
     }
@@ -185,6 +230,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::Gc { .. } => "gc",
         Request::Status => "status",
         Request::ListEndpoints => "list_endpoints",
+        Request::ListServices => "list_services",
     }
 }
 
@@ -201,6 +247,8 @@ fn counter(k: abi::MetricsKey, v: abi::MetricsValue) -> Counter {
         abi::OUTCOME_REDIRECT => "redirect",
         abi::OUTCOME_ENCAP => "encap",
         abi::OUTCOME_DROP => "drop",
+        abi::OUTCOME_DNAT => "service-dnat",
+        abi::OUTCOME_REVNAT => "service-revnat",
         _ => "unknown",
     };
     let reason = match k.reason {
@@ -208,6 +256,8 @@ fn counter(k: abi::MetricsKey, v: abi::MetricsValue) -> Counter {
         abi::DROP_INVALID_SOURCE_IP => "invalid-source-ip".into(),
         abi::DROP_INVALID_PACKET => "invalid-packet".into(),
         abi::DROP_NO_TUNNEL_ENDPOINT => "no-tunnel-endpoint".into(),
+        abi::DROP_NO_SERVICE_BACKEND => "service-backend-not-found".into(),
+        abi::DROP_CT_INSERT_FAILED => "ct-map-insertion-failed".into(),
         other => format!("reason-{other}"),
     };
     Counter {

@@ -6,6 +6,7 @@ mod core;
 mod endpoints;
 mod nodes;
 mod overlay;
+mod services;
 pub mod source;
 mod store;
 
@@ -73,6 +74,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 })?;
                 let net = NetHandle::current().context("opening netlink")?;
                 let (store, loaded) = store::Store::open(&core_cfg.state_dir)?;
+                let lb = services::LbState::load(&dp)
+                    .map_err(|e| anyhow::anyhow!("reading service maps: {e}"))?;
                 let mut core = Core {
                     cfg: core_cfg,
                     source: description,
@@ -89,7 +92,15 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     source_problems: Vec::new(),
                     state_problems: Vec::new(),
                     started: Instant::now(),
+                    lb,
                 };
+                let stale = core
+                    .lb
+                    .sweep(&mut core.dp)
+                    .map_err(|e| anyhow::anyhow!("sweeping service backends: {e}"))?;
+                if stale > 0 {
+                    tracing::info!(stale, "removed unreferenced service backends");
+                }
                 for (ip, why) in &loaded.unreadable {
                     core.state_problems.push(format!(
                         "state file for {ip} is unreadable ({why}); address kept reserved"

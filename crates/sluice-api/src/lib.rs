@@ -57,6 +57,8 @@ pub enum Request {
     Status,
     /// Local endpoints.
     ListEndpoints,
+    /// Service frontends and their backends as programmed in the datapath.
+    ListServices,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +70,7 @@ pub enum Response {
     Collected { removed: Vec<AttachmentKey> },
     Status(AgentStatus),
     Endpoints { endpoints: Vec<Endpoint> },
+    Services { services: Vec<ServiceEntry> },
     Error(ApiError),
 }
 
@@ -100,6 +103,22 @@ pub struct Endpoint {
     pub datapath_attached: bool,
 }
 
+/// One service frontend as programmed (like a row of `cilium service list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    /// "10.96.0.10:80/TCP"
+    pub frontend: String,
+    /// "ClusterIP", ...
+    pub kind: String,
+    /// "namespace/name"; empty when the agent has not seen the object since it started.
+    pub service: String,
+    pub port_name: String,
+    /// "10.0.1.5:8080"
+    pub backends: Vec<String>,
+    #[serde(default)]
+    pub affinity_timeout: Option<u32>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub node: String,
@@ -117,6 +136,11 @@ pub struct AgentStatus {
     pub pin_path: PathBuf,
     /// Human-readable problems; empty when healthy.
     pub problems: Vec<String>,
+    /// Service frontends and distinct backends programmed.
+    #[serde(default)]
+    pub services: usize,
+    #[serde(default)]
+    pub backends: usize,
     /// Datapath packet counters, summed over CPUs.
     #[serde(default)]
     pub counters: Vec<Counter>,

@@ -2,6 +2,7 @@
 
 pub mod diff;
 pub mod ipam;
+pub mod lb;
 pub mod maglev;
 pub mod manifest;
 pub mod node;

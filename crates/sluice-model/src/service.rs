@@ -117,19 +117,20 @@ impl ServiceInfo {
             .unwrap_or_else(|| "default".into());
         let at = |field: &str, msg: String| format!("Service {namespace}/{name}: {field}: {msg}");
         let spec = svc.spec.clone().unwrap_or_default();
-        let type_ =
-            match spec.type_.as_deref().unwrap_or("ClusterIP") {
-                "ClusterIP" => ServiceType::ClusterIp,
-                "NodePort" => ServiceType::NodePort,
-                "LoadBalancer" => ServiceType::LoadBalancer,
-                "ExternalName" => ServiceType::ExternalName,
-                other => return Err(at(
+        let type_ = match spec.type_.as_deref().unwrap_or("ClusterIP") {
+            "ClusterIP" => ServiceType::ClusterIp,
+            "NodePort" => ServiceType::NodePort,
+            "LoadBalancer" => ServiceType::LoadBalancer,
+            "ExternalName" => ServiceType::ExternalName,
+            other => {
+                return Err(at(
                     "spec.type",
                     format!(
                         "{other:?} is not one of ClusterIP, NodePort, LoadBalancer, ExternalName"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let cluster_ip = match spec.cluster_ip.as_deref() {
             None | Some("") | Some("None") => None,
             Some(text) => Some(parse_ip(text).map_err(|m| at("spec.clusterIP", m))?),

@@ -197,6 +197,9 @@ fn answer(state: &mut State, req: Request) -> Response {
         Request::ListEndpoints => Response::Endpoints {
             endpoints: Vec::new(),
         },
+        Request::ListServices => Response::Services {
+            services: Vec::new(),
+        },
     }
 }
 

@@ -1,0 +1,332 @@
+//! Reconciling services into the load-balancing maps. The maps themselves are the record of
+//! what is programmed: on start they are read back, so a restart is just another diff.
+//! Each change touches only the frontends that differ, and per frontend only its own slots.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use sluice_datapath::abi::{
+    ip_from_be, ip_to_be, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, SVC_AFFINITY,
+};
+use sluice_datapath::Datapath;
+use sluice_model::lb::{lb_entries, Frontend, FrontendOrigin, LbEntry};
+use sluice_model::{diff_maps, DesiredState, Protocol};
+
+type BackendAddr = (Ipv4Addr, u16, Protocol);
+
+struct Programmed {
+    rev_nat_id: u32,
+    entry: LbEntry,
+    backend_ids: Vec<u32>,
+}
+
+struct BackendRef {
+    id: u32,
+    users: u32,
+}
+
+/// Smallest free id first, so ids stay dense.
+#[derive(Default)]
+struct Ids {
+    next: u32,
+    free: Vec<u32>,
+}
+
+impl Ids {
+    fn take(&mut self) -> u32 {
+        self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next
+        })
+    }
+    fn give(&mut self, id: u32) {
+        self.free.push(id);
+    }
+}
+
+#[derive(Default)]
+pub struct LbState {
+    programmed: BTreeMap<Frontend, Programmed>,
+    backends: BTreeMap<BackendAddr, BackendRef>,
+    backend_addrs: BTreeMap<u32, BackendAddr>,
+    backend_ids: Ids,
+    rev_nat_ids: Ids,
+    origins: BTreeMap<Frontend, FrontendOrigin>,
+}
+
+fn protocol(number: u8) -> Option<Protocol> {
+    match number {
+        6 => Some(Protocol::Tcp),
+        17 => Some(Protocol::Udp),
+        132 => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+fn slot_key(f: &Frontend, slot: u16) -> Lb4Key {
+    Lb4Key {
+        address: ip_to_be(f.address),
+        port: f.port.to_be(),
+        proto: f.protocol.number(),
+        slot,
+        ..Default::default()
+    }
+}
+
+impl LbState {
+    /// Reads what a previous run programmed.
+    pub fn load(dp: &Datapath) -> Result<Self, String> {
+        let mut state = LbState::default();
+        let lb = dp.lb_ref();
+        let mut by_id: BTreeMap<u32, BackendAddr> = BTreeMap::new();
+        for (id, b) in lb.backends().map_err(|e| e.to_string())? {
+            if let Some(p) = protocol(b.proto) {
+                by_id.insert(id, (ip_from_be(b.address), u16::from_be(b.port), p));
+            }
+            state.backend_ids.next = state.backend_ids.next.max(id);
+        }
+        let mut heads: BTreeMap<Frontend, Lb4Service> = BTreeMap::new();
+        let mut slots: BTreeMap<Frontend, BTreeMap<u16, u32>> = BTreeMap::new();
+        for (key, value) in lb.slots().map_err(|e| e.to_string())? {
+            let Some(p) = protocol(key.proto) else {
+                continue;
+            };
+            let f = Frontend {
+                address: ip_from_be(key.address),
+                port: u16::from_be(key.port),
+                protocol: p,
+            };
+            if key.slot == 0 {
+                heads.insert(f, value);
+            } else {
+                slots
+                    .entry(f)
+                    .or_default()
+                    .insert(key.slot, value.backend_id);
+            }
+        }
+        for (f, head) in heads {
+            let ids: Vec<u32> = (1..=head.count)
+                .filter_map(|s| slots.get(&f)?.get(&s).copied())
+                .collect();
+            let backends: Vec<(Ipv4Addr, u16)> = ids
+                .iter()
+                .filter_map(|id| by_id.get(id))
+                .map(|(a, p, _)| (*a, *p))
+                .collect();
+            for id in &ids {
+                if let Some(addr) = by_id.get(id) {
+                    state
+                        .backends
+                        .entry(*addr)
+                        .or_insert(BackendRef { id: *id, users: 0 })
+                        .users += 1;
+                    state.backend_addrs.insert(*id, *addr);
+                }
+            }
+            let affinity_timeout =
+                (head.flags & SVC_AFFINITY != 0).then_some(head.affinity_timeout);
+            state.rev_nat_ids.next = state.rev_nat_ids.next.max(head.rev_nat_id);
+            state.programmed.insert(
+                f,
+                Programmed {
+                    rev_nat_id: head.rev_nat_id,
+                    entry: LbEntry {
+                        backends,
+                        affinity_timeout,
+                    },
+                    backend_ids: ids,
+                },
+            );
+        }
+        Ok(state)
+    }
+
+    /// Removes backend entries no frontend refers to (left by a crash between writes).
+    pub fn sweep(&self, dp: &mut Datapath) -> Result<usize, String> {
+        let stale: Vec<u32> = dp
+            .lb_ref()
+            .backends()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| !self.backend_addrs.contains_key(id))
+            .collect();
+        for id in &stale {
+            dp.lb().remove_backend(*id).map_err(|e| e.to_string())?;
+        }
+        Ok(stale.len())
+    }
+
+    pub fn frontends(&self) -> usize {
+        self.programmed.len()
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// (frontend, origin, backends) for display.
+    pub fn list(&self) -> Vec<(Frontend, Option<&FrontendOrigin>, &LbEntry)> {
+        self.programmed
+            .iter()
+            .map(|(f, p)| (*f, self.origins.get(f), &p.entry))
+            .collect()
+    }
+
+    /// Brings the maps to `state`'s frontends; returns (added, removed, changed).
+    pub fn reconcile(
+        &mut self,
+        dp: &mut Datapath,
+        state: &DesiredState,
+    ) -> Result<(usize, usize, usize), String> {
+        let desired = lb_entries(state);
+        let current: BTreeMap<Frontend, LbEntry> = self
+            .programmed
+            .iter()
+            .map(|(f, p)| (*f, p.entry.clone()))
+            .collect();
+        let wanted: BTreeMap<Frontend, LbEntry> =
+            desired.iter().map(|(f, (e, _))| (*f, e.clone())).collect();
+        self.origins = desired.into_iter().map(|(f, (_, o))| (f, o)).collect();
+        let diff = diff_maps(&current, &wanted);
+        let counts = (diff.added.len(), diff.removed.len(), diff.changed.len());
+        let removed: Vec<Frontend> = diff.removed.iter().map(|(f, _)| **f).collect();
+        let upserts: Vec<(Frontend, LbEntry)> = diff
+            .added
+            .iter()
+            .map(|(f, e)| (**f, (*e).clone()))
+            .chain(diff.changed.iter().map(|(f, _, e)| (**f, (*e).clone())))
+            .collect();
+        for f in removed {
+            self.unprogram(dp, &f)?;
+        }
+        for (f, entry) in upserts {
+            self.program(dp, f, entry)?;
+        }
+        Ok(counts)
+    }
+
+    fn acquire_backend(&mut self, dp: &mut Datapath, addr: BackendAddr) -> Result<u32, String> {
+        if let Some(b) = self.backends.get_mut(&addr) {
+            b.users += 1;
+            return Ok(b.id);
+        }
+        let id = self.backend_ids.take();
+        let value = Lb4Backend {
+            address: ip_to_be(addr.0),
+            port: addr.1.to_be(),
+            proto: addr.2.number(),
+            flags: 0,
+        };
+        dp.lb().set_backend(id, value).map_err(|e| e.to_string())?;
+        self.backends.insert(addr, BackendRef { id, users: 1 });
+        self.backend_addrs.insert(id, addr);
+        Ok(id)
+    }
+
+    fn release_backend(&mut self, dp: &mut Datapath, id: u32) -> Result<(), String> {
+        let Some(addr) = self.backend_addrs.get(&id).copied() else {
+            return Ok(());
+        };
+        let Some(b) = self.backends.get_mut(&addr) else {
+            return Ok(());
+        };
+        b.users -= 1;
+        if b.users == 0 {
+            self.backends.remove(&addr);
+            self.backend_addrs.remove(&id);
+            dp.lb().remove_backend(id).map_err(|e| e.to_string())?;
+            self.backend_ids.give(id);
+        }
+        Ok(())
+    }
+
+    fn program(&mut self, dp: &mut Datapath, f: Frontend, entry: LbEntry) -> Result<(), String> {
+        let old = self.programmed.remove(&f);
+        let rev_nat_id = match &old {
+            Some(p) => p.rev_nat_id,
+            None => {
+                let id = self.rev_nat_ids.take();
+                let value = Lb4RevNat {
+                    address: ip_to_be(f.address),
+                    port: f.port.to_be(),
+                    pad: 0,
+                };
+                dp.lb().set_revnat(id, value).map_err(|e| e.to_string())?;
+                id
+            }
+        };
+        let mut ids = Vec::with_capacity(entry.backends.len());
+        for (addr, port) in &entry.backends {
+            ids.push(self.acquire_backend(dp, (*addr, *port, f.protocol))?);
+        }
+        // Slots first, then the head that makes them visible; shrinking drops the tail after.
+        for (i, id) in ids.iter().enumerate() {
+            dp.lb()
+                .set_slot(
+                    slot_key(&f, i as u16 + 1),
+                    Lb4Service {
+                        backend_id: *id,
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        let head = Lb4Service {
+            backend_id: 0,
+            count: ids.len() as u16,
+            flags: if entry.affinity_timeout.is_some() {
+                SVC_AFFINITY
+            } else {
+                0
+            },
+            rev_nat_id,
+            affinity_timeout: entry.affinity_timeout.unwrap_or(0),
+        };
+        dp.lb()
+            .set_slot(slot_key(&f, 0), head)
+            .map_err(|e| e.to_string())?;
+        if let Some(old) = old {
+            for slot in ids.len() + 1..=old.backend_ids.len() {
+                dp.lb()
+                    .remove_slot(&slot_key(&f, slot as u16))
+                    .map_err(|e| e.to_string())?;
+            }
+            for id in old.backend_ids {
+                self.release_backend(dp, id)?;
+            }
+        }
+        self.programmed.insert(
+            f,
+            Programmed {
+                rev_nat_id,
+                entry,
+                backend_ids: ids,
+            },
+        );
+        Ok(())
+    }
+
+    fn unprogram(&mut self, dp: &mut Datapath, f: &Frontend) -> Result<(), String> {
+        let Some(old) = self.programmed.remove(f) else {
+            return Ok(());
+        };
+        dp.lb()
+            .remove_slot(&slot_key(f, 0))
+            .map_err(|e| e.to_string())?;
+        for slot in 1..=old.backend_ids.len() {
+            dp.lb()
+                .remove_slot(&slot_key(f, slot as u16))
+                .map_err(|e| e.to_string())?;
+        }
+        for id in old.backend_ids {
+            self.release_backend(dp, id)?;
+        }
+        dp.lb()
+            .remove_revnat(old.rev_nat_id)
+            .map_err(|e| e.to_string())?;
+        self.rev_nat_ids.give(old.rev_nat_id);
+        Ok(())
+    }
+}
