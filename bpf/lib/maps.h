@@ -90,4 +90,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_lb4_aff SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sock_revnat_key);
+	__type(value, struct lb4_revnat);
+	__uint(max_entries, SLUICE_MAX_SOCK_REVNAT);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sock_rnat SEC(".maps");
+
 #endif /* SLUICE_MAPS_H */

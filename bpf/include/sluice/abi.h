@@ -19,6 +19,7 @@
 #define SLUICE_MAX_REVNAT 65536
 #define SLUICE_MAX_CT 65536        /* default; the agent sizes it at load time */
 #define SLUICE_MAX_AFFINITY 65536
+#define SLUICE_MAX_SOCK_REVNAT 65536
 
 /* datapath_config.routing_mode */
 #define SLUICE_ROUTING_NATIVE 0
@@ -167,6 +168,18 @@ struct lb4_affinity {
 	__u64 last_used_ns;
 	__u32 backend_id;
 	__u32 pad;
+};
+
+/*
+ * Socket-LB: a socket connected (or sending) to a frontend was given a backend at
+ * connect()/sendmsg(); this remembers the frontend so getpeername() and recvmsg() can
+ * show it to the application. Keyed by socket cookie and the backend.
+ */
+struct sock_revnat_key {
+	__u64 cookie;
+	__u32 address;   /* backend */
+	__u16 port;      /* backend */
+	__u16 pad;
 };
 
 #endif /* SLUICE_ABI_H */

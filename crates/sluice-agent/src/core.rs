@@ -50,6 +50,8 @@ pub struct Core {
     pub(crate) state_problems: Vec<String>,
     pub(crate) started: Instant,
     pub(crate) lb: crate::services::LbState,
+    /// Kept so the programs stay loaded while the process runs (the links are pinned anyway).
+    pub(crate) sock_lb: Option<sluice_datapath::socklb::SockLb>,
 }
 
 impl Core {
@@ -215,6 +217,8 @@ impl Core {
             uptime_seconds: self.started.elapsed().as_secs(),
             pin_path: self.dp.pin_path().to_path_buf(),
             problems,
+            socket_lb: self.sock_lb.is_some()
+                && sluice_datapath::socklb::SockLb::is_attached(self.dp.pin_path()),
             services: self.lb.frontends(),
             backends: self.lb.backend_count(),
             counters,

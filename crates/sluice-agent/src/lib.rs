@@ -74,6 +74,24 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 })?;
                 let net = NetHandle::current().context("opening netlink")?;
                 let (store, loaded) = store::Store::open(&core_cfg.state_dir)?;
+                let sock_lb = if core_cfg.socket_lb {
+                    let cgroup = match &core_cfg.cgroup_path {
+                        Some(p) => p.clone(),
+                        None => features::cgroup2_root()?,
+                    };
+                    let mut s = sluice_datapath::socklb::SockLb::load(&core_cfg.pin_path())?;
+                    s.attach(&core_cfg.pin_path(), &cgroup).with_context(|| {
+                        format!("attaching socket-LB to cgroup {}", cgroup.display())
+                    })?;
+                    tracing::info!(cgroup = %cgroup.display(), "socket-LB attached");
+                    Some(s)
+                } else {
+                    let n = sluice_datapath::socklb::SockLb::detach_all(&core_cfg.pin_path())?;
+                    if n > 0 {
+                        tracing::info!("socket-LB disabled: removed {n} links of a previous run");
+                    }
+                    None
+                };
                 let lb = services::LbState::load(&dp)
                     .map_err(|e| anyhow::anyhow!("reading service maps: {e}"))?;
                 let mut core = Core {
@@ -93,6 +111,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     state_problems: Vec::new(),
                     started: Instant::now(),
                     lb,
+                    sock_lb,
                 };
                 let stale = core
                     .lb

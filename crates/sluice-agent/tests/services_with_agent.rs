@@ -4,38 +4,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::Path;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{require_root, Node};
+use common::{pod_manifest, require_root, serve, wait_for_backends, Node};
 use sluice_api::{Client, Request, Response};
 use sluice_netdev::Netns;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 100, 10);
-
-/// Serves `name` on TCP 8080 (one line per connection) and UDP 5353, inside the pod.
-fn serve(pod: &Path, name: &'static str) {
-    let ns = Netns::from_path(pod).unwrap();
-    let tcp = ns
-        .run(|| TcpListener::bind("0.0.0.0:8080"))
-        .unwrap()
-        .unwrap();
-    let udp = ns.run(|| UdpSocket::bind("0.0.0.0:5353")).unwrap().unwrap();
-    std::thread::spawn(move || {
-        for conn in tcp.incoming().flatten() {
-            let mut conn = conn;
-            let _ = conn.write_all(name.as_bytes());
-        }
-    });
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        while let Ok((_, from)) = udp.recv_from(&mut buf) {
-            let _ = udp.send_to(name.as_bytes(), from);
-        }
-    });
-}
 
 fn tcp_name(client: &Netns, to: SocketAddr) -> Result<(String, SocketAddr), String> {
     let mut stream = client
@@ -63,33 +40,6 @@ fn udp_name(client: &Netns, to: SocketAddr) -> Result<(String, SocketAddr), Stri
     let mut buf = [0u8; 64];
     let (n, from) = sock.recv_from(&mut buf).map_err(|e| e.to_string())?;
     Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
-}
-
-fn pod_manifest(name: &str, ip: &str, app: &str) -> String {
-    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {app}}}}}\nspec: {{nodeName: n1}}\nstatus: {{phase: Running, podIP: {ip}}}\n---\n")
-}
-
-fn wait_for_backends(node: &Node, frontend: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(Response::Services { services }) =
-            Client::new(node.socket()).call(&Request::ListServices)
-        {
-            let n = services
-                .iter()
-                .find(|s| s.frontend == frontend)
-                .map(|s| s.backends.len());
-            if n == Some(count) || (count == 0 && n.is_none()) {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{frontend} never had {count} backends; log:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

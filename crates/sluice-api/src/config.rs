@@ -74,6 +74,17 @@ pub struct AgentConfig {
     /// MTU of the node's underlay. Default: read from the device that holds the node address.
     #[serde(default)]
     pub underlay_mtu: Option<u32>,
+    /// Translate service frontends at connect()/sendmsg() (cgroup v2 socket-LB).
+    #[serde(default = "default_true")]
+    pub socket_lb: bool,
+    /// The cgroup v2 directory socket-LB attaches to (it covers every process below it).
+    /// Default: the root of the first cgroup2 mount.
+    #[serde(default)]
+    pub cgroup_path: Option<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_socket() -> PathBuf {

@@ -136,6 +136,9 @@ pub struct AgentStatus {
     pub pin_path: PathBuf,
     /// Human-readable problems; empty when healthy.
     pub problems: Vec<String>,
+    /// Socket-LB programs are attached (cgroup connect/sendmsg/recvmsg/getpeername).
+    #[serde(default)]
+    pub socket_lb: bool,
     /// Service frontends and distinct backends programmed.
     #[serde(default)]
     pub services: usize,

@@ -85,3 +85,21 @@ mod tests {
         assert!(!kernel_at_least("garbage", 6, 6));
     }
 }
+
+/// The first cgroup v2 mount point, from /proc/self/mounts.
+pub fn cgroup2_root() -> Result<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| std::path::PathBuf::from(dir))
+        })
+        .next()
+        .ok_or(Error::MissingFeature {
+            feature: "cgroup2",
+            hint: "no cgroup v2 hierarchy is mounted; socket-LB needs one (or set socketLb: false)"
+                .into(),
+        })
+}

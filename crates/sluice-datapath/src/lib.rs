@@ -12,6 +12,7 @@ pub mod features;
 pub mod lb;
 mod loader;
 mod objects;
+pub mod socklb;
 pub mod testrun;
 
 use std::net::Ipv4Addr;

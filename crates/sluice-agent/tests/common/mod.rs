@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::net::{TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -51,10 +52,17 @@ pub struct Node {
     pin: PathBuf,
     agent: Option<Child>,
     pods: Vec<String>,
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Node {
+    /// A node with socket-LB off (it would otherwise attach to the root cgroup).
     pub fn start(pod_cidr: &str) -> Node {
+        Self::start_with(pod_cidr, None)
+    }
+
+    /// With `cgroup`, socket-LB attaches there (the directory is created and removed).
+    pub fn start_with(pod_cidr: &str, cgroup: Option<PathBuf>) -> Node {
         static N: AtomicU32 = AtomicU32::new(0);
         let prefix = format!(
             "sag{}-{}",
@@ -75,13 +83,20 @@ impl Node {
         std::fs::write(
             dir.path().join("agent.yaml"),
             format!(
-                "nodeName: n1\nmanifests: {m}\nsocket: {d}/agent.sock\nstateDir: {d}/state\nbpfPinPath: {pin}\n",
+                "nodeName: n1\nmanifests: {m}\nsocket: {d}/agent.sock\nstateDir: {d}/state\nbpfPinPath: {pin}\n{socklb}",
                 m = dir.path().join("manifests").display(),
                 d = dir.path().display(),
-                pin = pin.display()
+                pin = pin.display(),
+                socklb = match &cgroup {
+                    Some(c) => format!("socketLb: true\ncgroupPath: {}\n", c.display()),
+                    None => "socketLb: false\n".into(),
+                }
             ),
         )
         .unwrap();
+        if let Some(c) = &cgroup {
+            std::fs::create_dir_all(c).unwrap();
+        }
         let mut n = Node {
             prefix,
             node,
@@ -89,6 +104,7 @@ impl Node {
             pin,
             agent: None,
             pods: Vec::new(),
+            cgroup,
         };
         n.spawn_agent();
         n
@@ -250,5 +266,57 @@ impl Drop for Node {
         }
         let _ = Netns::delete(&format!("{}-node", self.prefix));
         let _ = std::fs::remove_dir_all(&self.pin);
+        if let Some(c) = &self.cgroup {
+            let _ = std::fs::remove_dir(c);
+        }
+    }
+}
+
+/// Serves `name` on TCP 8080 (one line per connection) and UDP 5353, inside the pod.
+pub fn serve(pod: &Path, name: &'static str) {
+    let ns = Netns::from_path(pod).unwrap();
+    let tcp = ns
+        .run(|| TcpListener::bind("0.0.0.0:8080"))
+        .unwrap()
+        .unwrap();
+    let udp = ns.run(|| UdpSocket::bind("0.0.0.0:5353")).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for conn in tcp.incoming().flatten() {
+            let mut conn = conn;
+            let _ = conn.write_all(name.as_bytes());
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(name.as_bytes(), from);
+        }
+    });
+}
+
+pub fn pod_manifest(name: &str, ip: &str, app: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {app}}}}}\nspec: {{nodeName: n1}}\nstatus: {{phase: Running, podIP: {ip}}}\n---\n")
+}
+
+pub fn wait_for_backends(node: &Node, frontend: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Response::Services { services }) =
+            Client::new(node.socket()).call(&Request::ListServices)
+        {
+            let n = services
+                .iter()
+                .find(|s| s.frontend == frontend)
+                .map(|s| s.backends.len());
+            if n == Some(count) || (count == 0 && n.is_none()) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{frontend} never had {count} backends; log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
