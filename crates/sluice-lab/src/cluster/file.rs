@@ -1,0 +1,55 @@
+//! The cluster file's own document (`kind: Cluster`) as written by people. Strings stay strings
+//! here so validation can quote exactly what was written.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+pub const API_VERSION: &str = "sluice.dev/v1alpha1";
+pub const KIND: &str = "Cluster";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterDoc {
+    pub api_version: String,
+    /// Checked before typed parsing (the first document must be the Cluster).
+    #[allow(dead_code)]
+    pub kind: String,
+    pub metadata: ClusterMeta,
+    pub spec: ClusterSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMeta {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterSpec {
+    /// `native` or `vxlan`; default `native`.
+    #[serde(default)]
+    pub routing: Option<String>,
+    /// The network joining the nodes; default [`DEFAULT_UNDERLAY`](super::DEFAULT_UNDERLAY).
+    #[serde(default)]
+    pub underlay: Option<String>,
+    pub nodes: Vec<NodeDoc>,
+    #[serde(default)]
+    pub cni: Option<CniDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDoc {
+    pub name: String,
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniDoc {
+    /// Extra plugins chained after `sluice-cni`, as CNI plugin configurations.
+    #[serde(default)]
+    pub plugins: Vec<Map<String, Value>>,
+}

@@ -1,0 +1,154 @@
+//! `sluice status` and `sluice endpoint list`: talk to one agent over its socket.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use sluice_api::{AgentStatus, Client, Request, Response};
+
+use crate::output::{print_json, Format, Table};
+
+/// Which agent to talk to.
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The agent's API socket.
+    #[arg(long, env = "SLUICE_SOCKET", conflicts_with_all = ["lab", "node"])]
+    socket: Option<PathBuf>,
+    /// Talk to the agent of a lab node (with --node; the lab may be omitted when only one exists).
+    #[arg(long)]
+    lab: Option<String>,
+    /// The lab node whose agent to talk to.
+    #[arg(long)]
+    node: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Format,
+}
+
+impl AgentArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        if let Some(s) = &self.socket {
+            return Ok(Client::new(s));
+        }
+        if let Some(node) = &self.node {
+            let lab = sluice_lab::Lab::open(self.lab.as_deref())?;
+            return Ok(Client::new(lab.agent_socket(node)?));
+        }
+        if self.lab.is_some() {
+            bail!("--lab needs --node NODE to pick an agent");
+        }
+        Ok(Client::new(sluice_api::DEFAULT_SOCKET))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EndpointCommand {
+    /// List the agent's local endpoints.
+    List {
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+}
+
+pub fn fetch_status(client: &Client) -> anyhow::Result<AgentStatus> {
+    match client.call(&Request::Status)? {
+        Response::Status(s) => Ok(s),
+        other => bail!(
+            "agent at {} answered Status with {other:?}",
+            client.path().display()
+        ),
+    }
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
+    let client = args.agent.client()?;
+    let s = fetch_status(&client)?;
+    if args.agent.output == Format::Json {
+        print_json(&s)?;
+        return Ok(0);
+    }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    println!("Node:        {}", s.node);
+    println!("Ready:       {}", s.ready);
+    println!("Routing:     {}", s.routing);
+    println!("Pod CIDR:    {}", opt(s.pod_cidr.map(|c| c.to_string())));
+    println!("Node IP:     {}", opt(s.node_ip.map(|c| c.to_string())));
+    println!("Endpoints:   {}", s.endpoints);
+    println!(
+        "IPs:         {} allocated, {} free",
+        s.ips_allocated, s.ips_free
+    );
+    println!("Source:      {}", s.source);
+    println!("Pin path:    {}", s.pin_path.display());
+    println!("Uptime:      {}s", s.uptime_seconds);
+    if !s.remote_nodes.is_empty() {
+        let mut t = Table::new(&["REMOTE NODE", "ADDRESS", "POD CIDR"]);
+        for n in &s.remote_nodes {
+            t.row(vec![
+                n.name.clone(),
+                n.address.to_string(),
+                n.pod_cidr.to_string(),
+            ]);
+        }
+        print!("\n{}", t.render());
+    }
+    if !s.problems.is_empty() {
+        println!("\nProblems:");
+        for p in &s.problems {
+            println!("  - {p}");
+        }
+    }
+    Ok(if s.ready { 0 } else { 1 })
+}
+
+pub fn endpoint(cmd: EndpointCommand) -> anyhow::Result<i32> {
+    let EndpointCommand::List { agent } = cmd;
+    let client = agent.client()?;
+    let endpoints = match client.call(&Request::ListEndpoints)? {
+        Response::Endpoints { endpoints } => endpoints,
+        other => bail!(
+            "agent at {} answered ListEndpoints with {other:?}",
+            client.path().display()
+        ),
+    };
+    if agent.output == Format::Json {
+        print_json(&endpoints)?;
+        return Ok(0);
+    }
+    let mut t = Table::new(&[
+        "POD",
+        "ADDRESS",
+        "HOST IFNAME",
+        "IFINDEX",
+        "POD MAC",
+        "DATAPATH",
+        "CONTAINER",
+    ]);
+    for e in &endpoints {
+        t.row(vec![
+            e.pod
+                .as_ref()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .unwrap_or_else(|| "-".into()),
+            e.address.to_string(),
+            e.host_ifname.clone(),
+            e.host_ifindex.to_string(),
+            e.pod_mac.clone(),
+            if e.datapath_attached {
+                "attached"
+            } else {
+                "DETACHED"
+            }
+            .into(),
+            e.key.container_id.chars().take(12).collect(),
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(0)
+}
