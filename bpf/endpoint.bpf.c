@@ -38,7 +38,20 @@ int from_container(struct __sk_buff *skb)
 	int l4 = parse_l4(skb, ip, &t);
 	if (l4 < 0)
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
-	if (l4 == 0) {
+	if (l4 == 0 && daddr == SLUICE_HAIRPIN_IP) {
+		/* The reply of a pod that reached itself through a service goes back to it. */
+		__u16 reason = 0;
+		switch (lb4_hairpin_reply(skb, saddr, &t, &reason)) {
+		case LB_DROP:
+			return drop(skb, point, reason);
+		case LB_DONE:
+			count(skb, point, SLUICE_OUTCOME_REVNAT, 0);
+			daddr = saddr;
+			break;
+		case LB_PASS:
+			break;
+		}
+	} else if (l4 == 0) {
 		__u16 reason = 0;
 		switch (lb4_translate(skb, saddr, daddr, &t, &daddr, &reason)) {
 		case LB_DROP:

@@ -80,7 +80,9 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 	if (ct && !new_tcp) {
 		ct->last_seen_ns = now;
 		*new_daddr = ct->nat_address;
-		if (rewrite_endpoint(skb, t, 1, daddr, ct->nat_address, t->dport, ct->nat_port)) {
+		if (rewrite_endpoint(skb, t, 1, daddr, ct->nat_address, t->dport, ct->nat_port) ||
+		    ((ct->flags & SLUICE_CT_HAIRPIN) &&
+		     rewrite_endpoint(skb, t, 0, saddr, SLUICE_HAIRPIN_IP, t->sport, t->sport))) {
 			*reason = SLUICE_DROP_INVALID_PACKET;
 			return LB_DROP;
 		}
@@ -100,13 +102,15 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 		*reason = SLUICE_DROP_NO_SERVICE_BACKEND;
 		return LB_DROP;
 	}
+	int hairpin = be->address == saddr;
 	struct ct4_entry entry = {
 		.last_seen_ns = now, .nat_address = be->address, .nat_port = be->port,
 		.rev_nat_id = svc->rev_nat_id, .backend_id = backend_id,
+		.flags = hairpin ? SLUICE_CT_HAIRPIN : 0,
 	};
 	struct ct4_key rev = {
-		.saddr = be->address, .daddr = saddr, .sport = be->port, .dport = t->sport,
-		.proto = t->proto, .dir = SLUICE_CT_REPLY,
+		.saddr = be->address, .daddr = hairpin ? SLUICE_HAIRPIN_IP : saddr,
+		.sport = be->port, .dport = t->sport, .proto = t->proto, .dir = SLUICE_CT_REPLY,
 	};
 	struct ct4_entry reply = {
 		.last_seen_ns = now, .nat_address = daddr, .nat_port = t->dport,
@@ -118,7 +122,31 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 		return LB_DROP;
 	}
 	*new_daddr = be->address;
-	if (rewrite_endpoint(skb, t, 1, daddr, be->address, t->dport, be->port)) {
+	if (rewrite_endpoint(skb, t, 1, daddr, be->address, t->dport, be->port) ||
+	    (hairpin && rewrite_endpoint(skb, t, 0, saddr, SLUICE_HAIRPIN_IP, t->sport, t->sport))) {
+		*reason = SLUICE_DROP_INVALID_PACKET;
+		return LB_DROP;
+	}
+	return LB_DONE;
+}
+
+/*
+ * A hairpinned pod answering itself: the reply goes to the hairpin address. Restore the
+ * frontend as the source and the pod itself as the destination.
+ */
+static __always_inline enum lb_verdict lb4_hairpin_reply(struct __sk_buff *skb, __u32 saddr,
+							 const struct l4_tuple *t, __u16 *reason)
+{
+	struct ct4_key rev = {
+		.saddr = saddr, .daddr = SLUICE_HAIRPIN_IP, .sport = t->sport, .dport = t->dport,
+		.proto = t->proto, .dir = SLUICE_CT_REPLY,
+	};
+	struct ct4_entry *ct = bpf_map_lookup_elem(&sluice_ct4, &rev);
+	if (!ct)
+		return LB_PASS;
+	ct->last_seen_ns = bpf_ktime_get_ns();
+	if (rewrite_endpoint(skb, t, 0, saddr, ct->nat_address, t->sport, ct->nat_port) ||
+	    rewrite_endpoint(skb, t, 1, SLUICE_HAIRPIN_IP, saddr, t->dport, t->dport)) {
 		*reason = SLUICE_DROP_INVALID_PACKET;
 		return LB_DROP;
 	}

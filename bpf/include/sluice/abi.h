@@ -51,6 +51,17 @@
 /* lb4_service.flags */
 #define SLUICE_SVC_AFFINITY 0x1    /* sessionAffinity: ClientIP */
 
+/*
+ * Hairpin: a pod reaching itself through a service. Its packets get this source so they
+ * leave and re-enter the pod like any other (a packet from its own address would be
+ * dropped as martian, and the reply would never leave through the veth).
+ * 169.254.42.1 in network byte order.
+ */
+#define SLUICE_HAIRPIN_IP 0x012afea9U
+
+/* ct4_entry.flags */
+#define SLUICE_CT_HAIRPIN 0x1
+
 /* ct4_key.dir */
 #define SLUICE_CT_SERVICE 0        /* client -> frontend, as the client sent it */
 #define SLUICE_CT_REPLY 1          /* backend -> client, the reply to reverse-translate */

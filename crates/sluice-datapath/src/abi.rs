@@ -28,6 +28,10 @@ pub const OUTCOME_REVNAT: u8 = 6;
 
 pub const SVC_AFFINITY: u16 = 0x1;
 
+/// Source given to a pod's packets when it reaches itself through a service.
+pub const HAIRPIN_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 42, 1);
+pub const CT_HAIRPIN: u16 = 0x1;
+
 pub const CT_SERVICE: u8 = 0;
 pub const CT_REPLY: u8 = 1;
 

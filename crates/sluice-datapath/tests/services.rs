@@ -396,3 +396,81 @@ fn an_established_connection_outlives_its_backend_leaving_the_service() {
     );
     assert_eq!(out.retval, TC_ACT_SHOT);
 }
+
+#[test]
+fn a_pod_reaches_itself_through_its_service() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup(&mut t, false);
+    // A service whose only backend is the client itself.
+    let lb = t.dp.lb();
+    lb.set_backend(
+        9,
+        Lb4Backend {
+            address: be(CLIENT),
+            port: 8080u16.to_be(),
+            proto: TCP,
+            flags: 0,
+        },
+    )
+    .unwrap();
+    let self_vip = Ipv4Addr::new(10, 96, 0, 12);
+    lb.set_slot(
+        key(self_vip, 80, TCP, 0),
+        Lb4Service {
+            count: 1,
+            rev_nat_id: 13,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    lb.set_slot(
+        key(self_vip, 80, TCP, 1),
+        Lb4Service {
+            backend_id: 9,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 44000), (self_vip, 80), SYN, true),
+    );
+    let p = parse(&out.packet);
+    assert_eq!(p.dst, (CLIENT, 8080));
+    assert_eq!(
+        p.src,
+        (HAIRPIN_IP, 44000),
+        "source moved off the pod's own address"
+    );
+    assert!(p.ip_ok && p.l4_ok);
+    assert_eq!(
+        out.retval, TC_ACT_REDIRECT,
+        "delivered straight back to the pod"
+    );
+
+    // The pod answers the hairpin address; the reply comes back from the frontend.
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 8080), (HAIRPIN_IP, 44000), SYN | ACK, true),
+    );
+    let p = parse(&out.packet);
+    assert_eq!(p.src, (self_vip, 80));
+    assert_eq!(p.dst, (CLIENT, 44000));
+    assert!(p.ip_ok && p.l4_ok);
+    assert_eq!(out.retval, TC_ACT_REDIRECT);
+
+    // Later packets of the connection keep both translations.
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 44000), (self_vip, 80), ACK, true),
+    );
+    let p = parse(&out.packet);
+    assert_eq!((p.src, p.dst), ((HAIRPIN_IP, 44000), (CLIENT, 8080)));
+}

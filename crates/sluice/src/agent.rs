@@ -48,6 +48,64 @@ pub struct StatusArgs {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// List service frontends and their backends as programmed in the datapath.
+    List {
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+}
+
+pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
+    let ServiceCommand::List { agent } = cmd;
+    let client = agent.client()?;
+    let services = match client.call(&Request::ListServices)? {
+        Response::Services { services } => services,
+        other => bail!(
+            "agent at {} answered ListServices with {other:?}",
+            client.path().display()
+        ),
+    };
+    if agent.output == Format::Json {
+        print_json(&services)?;
+        return Ok(0);
+    }
+    // One row per backend, like `cilium service list`.
+    let mut t = Table::new(&[
+        "FRONTEND", "TYPE", "SERVICE", "PORT", "BACKENDS", "AFFINITY",
+    ]);
+    for s in &services {
+        let backends = if s.backends.is_empty() {
+            vec!["(none: connections are refused)".to_string()]
+        } else {
+            s.backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("{}) {b}", i + 1))
+                .collect()
+        };
+        for (i, b) in backends.into_iter().enumerate() {
+            let first = i == 0;
+            let cell = |v: &str| if first { v.to_string() } else { String::new() };
+            t.row(vec![
+                cell(&s.frontend),
+                cell(&s.kind),
+                cell(&s.service),
+                cell(&s.port_name),
+                b,
+                cell(
+                    &s.affinity_timeout
+                        .map(|t| format!("ClientIP {t}s"))
+                        .unwrap_or_default(),
+                ),
+            ]);
+        }
+    }
+    print!("{}", t.render());
+    Ok(0)
+}
+
+#[derive(Subcommand, Debug)]
 pub enum EndpointCommand {
     /// List the agent's local endpoints.
     List {
@@ -84,6 +142,14 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
         "IPs:         {} allocated, {} free",
         s.ips_allocated, s.ips_free
     );
+    println!(
+        "Services:    {} frontends, {} backends",
+        s.services, s.backends
+    );
+    println!(
+        "Socket-LB:   {}",
+        if s.socket_lb { "attached" } else { "off" }
+    );
     println!("Source:      {}", s.source);
     println!("Pin path:    {}", s.pin_path.display());
     println!("Uptime:      {}s", s.uptime_seconds);
@@ -97,6 +163,23 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
             ]);
         }
         print!("\n{}", t.render());
+    }
+    if !s.counters.is_empty() {
+        let mut t = Table::new(&["POINT", "OUTCOME", "REASON", "PACKETS", "BYTES"]);
+        for c in &s.counters {
+            t.row(vec![
+                c.point.clone(),
+                c.outcome.clone(),
+                if c.reason.is_empty() {
+                    "-".into()
+                } else {
+                    c.reason.clone()
+                },
+                c.packets.to_string(),
+                c.bytes.to_string(),
+            ]);
+        }
+        print!("\nDatapath counters:\n{}", t.render());
     }
     if !s.problems.is_empty() {
         println!("\nProblems:");

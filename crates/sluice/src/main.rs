@@ -26,6 +26,11 @@ enum Command {
         #[command(subcommand)]
         command: agent::EndpointCommand,
     },
+    /// Service frontends and backends an agent has programmed.
+    Service {
+        #[command(subcommand)]
+        command: agent::ServiceCommand,
+    },
     /// A Kubernetes cluster made of network namespaces on this machine.
     Lab {
         #[command(subcommand)]
@@ -38,6 +43,7 @@ fn main() {
     let result = match cli.command {
         Command::Status(args) => agent::status(args),
         Command::Endpoint { command } => agent::endpoint(command),
+        Command::Service { command } => agent::service(command),
         Command::Lab { command } => lab::run(command),
     };
     match result {

@@ -1,0 +1,135 @@
+//! Services across a two-node lab: a ClusterIP whose backends live on both nodes, reached
+//! per packet (clients outside the pods' cgroups) and through socket-LB (processes inside).
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use sluice_api::{Client, Request, Response};
+use sluice_e2e::*;
+use sluice_lab::{probe, Lab};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+fn wait_for_backends(lab: &Lab) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for node in lab.nodes() {
+        loop {
+            let socket = lab.agent_socket(&node.name).unwrap();
+            if let Ok(Response::Services { services }) =
+                Client::new(&socket).call(&Request::ListServices)
+            {
+                let ready = ["TCP", "UDP"].iter().all(|p| {
+                    services
+                        .iter()
+                        .any(|s| s.frontend == format!("{VIP}:80/{p}") && s.backends.len() == 2)
+                });
+                if ready {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {}: service x/web never got 2 backends",
+                node.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn dnat_packets(lab: &Lab, node: &str) -> u64 {
+    lab.agent_status(node)
+        .unwrap()
+        .counters
+        .iter()
+        .filter(|c| c.outcome == "service-dnat")
+        .map(|c| c.packets)
+        .sum()
+}
+
+fn cluster_ip(file: &str) {
+    let lab = up_example(file);
+    wait_for_backends(&lab);
+    let backends = BTreeSet::from(["x/a".to_string(), "x/c".to_string()]);
+    let tcp = SocketAddr::from((VIP, 80));
+
+    // Per-packet translation: every pod, both protocols, answers only from the backends,
+    // and over enough tries from both of them.
+    for pod in lab.pods() {
+        let (http, udp) = lab
+            .run_in_pod(&pod.key(), move || {
+                let mut http = BTreeSet::new();
+                let mut udp = BTreeSet::new();
+                for _ in 0..40 {
+                    match probe::http_get(tcp, PROBE_TIMEOUT) {
+                        Ok(body) => http.insert(body.trim().to_string()),
+                        Err(e) => http.insert(format!("error: {e}")),
+                    };
+                    match probe::udp_echo(tcp, b"whoami", PROBE_TIMEOUT) {
+                        Ok(body) => udp.insert(String::from_utf8_lossy(&body).trim().to_string()),
+                        Err(e) => udp.insert(format!("error: {e}")),
+                    };
+                }
+                (http, udp)
+            })
+            .unwrap();
+        assert_eq!(http, backends, "{file}: HTTP to {tcp} from {}", pod.key());
+        assert_eq!(
+            udp,
+            backends,
+            "{file}: UDP whoami to {tcp} from {}",
+            pod.key()
+        );
+    }
+
+    // Socket-LB: a process in the pod's cgroup is translated at connect(), so the node's
+    // per-packet DNAT counter stays put.
+    for pod in ["y/b", "y/d"] {
+        let node = lab.pod(pod).unwrap().node.clone();
+        let before = dnat_packets(&lab, &node);
+        let mut seen = BTreeSet::new();
+        for _ in 0..20 {
+            let out = lab
+                .exec_in_pod(
+                    pod,
+                    &[
+                        "bash",
+                        "-c",
+                        "exec 3<>/dev/tcp/10.96.0.10/80 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && tail -n 1 <&3",
+                    ],
+                )
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{pod}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            seen.insert(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        }
+        assert!(
+            seen.is_subset(&backends) && !seen.is_empty(),
+            "{file}: socket-LB from {pod}: {seen:?}"
+        );
+        assert_eq!(
+            dnat_packets(&lab, &node),
+            before,
+            "{file}: {pod}'s connections needed no packet NAT"
+        );
+    }
+    down_and_check(lab);
+}
+
+#[test]
+fn native_cluster_ip() {
+    if require_root("native_cluster_ip") {
+        cluster_ip("two-node-native.yaml");
+    }
+}
+
+#[test]
+fn vxlan_cluster_ip() {
+    if require_root("vxlan_cluster_ip") {
+        cluster_ip("two-node-vxlan.yaml");
+    }
+}
