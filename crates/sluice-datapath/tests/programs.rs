@@ -5,9 +5,9 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::{require_root, TestDatapath};
+use common::{checksum, require_root, run, TestDatapath};
 use sluice_datapath::abi::*;
-use sluice_datapath::testrun::{self, SkbContext, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
+use sluice_datapath::testrun::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 use sluice_datapath::{DatapathConfig, EndpointInfo, TunnelInfo};
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 5);
@@ -23,18 +23,6 @@ const POD_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
 const HOST_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0xb];
 const VXLAN_MAC: [u8; 6] = [0x0a, 0x58, 192, 168, 50, 2];
 const REMOTE_VXLAN_MAC: [u8; 6] = [0x0a, 0x58, 192, 168, 50, 3];
-
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for chunk in bytes.chunks(2) {
-        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-        sum += word as u32;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
 
 /// Ethernet + IPv4 + UDP with a valid IP header checksum.
 fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
@@ -93,21 +81,6 @@ fn setup(t: &mut TestDatapath, routing: u32) {
         ..Default::default()
     })
     .unwrap();
-}
-
-fn run(t: &mut TestDatapath, program: &'static str, packet: &[u8]) -> testrun::TestRun {
-    let ctx = SkbContext {
-        ifindex: LO,
-        ..Default::default()
-    };
-    testrun::run(
-        program,
-        t.dp.program(program).unwrap(),
-        packet,
-        Some(ctx),
-        1,
-    )
-    .unwrap()
 }
 
 fn counted(t: &TestDatapath, point: u8, outcome: u8, reason: u16) -> u64 {

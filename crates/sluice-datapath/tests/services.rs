@@ -6,9 +6,9 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::{require_root, TestDatapath};
+use common::{checksum, require_root, run, TestDatapath};
 use sluice_datapath::abi::*;
-use sluice_datapath::testrun::{self, SkbContext, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
+use sluice_datapath::testrun::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 use sluice_datapath::EndpointInfo;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 5);
@@ -19,20 +19,6 @@ const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const LO: u32 = 1;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn sum16(bytes: &[u8]) -> u32 {
-    bytes
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum()
-}
 
 /// Ethernet + IPv4 + TCP/UDP with correct checksums.
 fn packet(
@@ -50,7 +36,7 @@ fn packet(
     ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
     ip.extend_from_slice(&src.0.octets());
     ip.extend_from_slice(&dst.0.octets());
-    let c = fold(sum16(&ip));
+    let c = checksum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     let mut l4 = Vec::new();
     l4.extend_from_slice(&src.1.to_be_bytes());
@@ -79,7 +65,9 @@ fn l4_checksum(ip: &[u8], l4: &[u8]) -> u16 {
     pseudo.extend_from_slice(&ip[12..20]);
     pseudo.extend_from_slice(&[0, ip[9]]);
     pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-    fold(sum16(&pseudo) + sum16(l4))
+    let mut both = pseudo;
+    both.extend_from_slice(l4);
+    checksum(&both)
 }
 
 struct Parsed {
@@ -100,7 +88,7 @@ fn parse(p: &[u8]) -> Parsed {
     Parsed {
         src: (addr(12), port(0)),
         dst: (addr(16), port(2)),
-        ip_ok: fold(sum16(ip)) == 0,
+        ip_ok: checksum(ip) == 0,
         l4_ok: (ip[9] == UDP && l4_csum == 0) || l4_checksum(ip, l4) == 0,
         l4_csum,
     }
@@ -198,21 +186,6 @@ fn setup(t: &mut TestDatapath, affinity: bool) {
         },
     )
     .unwrap();
-}
-
-fn run(t: &mut TestDatapath, program: &'static str, packet: &[u8]) -> testrun::TestRun {
-    let ctx = SkbContext {
-        ifindex: LO,
-        ..Default::default()
-    };
-    testrun::run(
-        program,
-        t.dp.program(program).unwrap(),
-        packet,
-        Some(ctx),
-        1,
-    )
-    .unwrap()
 }
 
 const SYN: u8 = 0x02;

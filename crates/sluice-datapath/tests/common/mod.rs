@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use sluice_datapath::testrun::{self, SkbContext};
 use sluice_datapath::Datapath;
 
 /// Root tests run for real in CI; elsewhere they skip loudly instead of failing.
@@ -41,4 +42,32 @@ impl Drop for TestDatapath {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pin);
     }
+}
+
+/// The Internet checksum of `bytes` (0 when a header including its checksum is intact).
+pub fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Runs `program` once on `packet` as if on loopback (ifindex 1).
+pub fn run(t: &mut TestDatapath, program: &'static str, packet: &[u8]) -> testrun::TestRun {
+    let ctx = SkbContext {
+        ifindex: 1,
+        ..Default::default()
+    };
+    testrun::run(
+        program,
+        t.dp.program(program).unwrap(),
+        packet,
+        Some(ctx),
+        1,
+    )
+    .unwrap()
 }
