@@ -33,35 +33,25 @@ int from_container(struct __sk_buff *skb)
 	if (ttl <= 1)
 		return to_stack(skb, point);
 
-	/* Services: a frontend becomes a backend before we decide where the packet goes. */
+	/* Services: a reply leaving a backend (hairpin, or a NodePort client reached directly)
+	 * is translated back; a packet to a frontend becomes one to a backend. Either way the
+	 * destination may change before we decide where the packet goes. */
 	struct l4_tuple t = {};
 	int l4 = parse_l4(skb, ip, &t);
 	if (l4 < 0)
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
-	if (l4 == 0 && daddr == SLUICE_HAIRPIN_IP) {
-		/* The reply of a pod that reached itself through a service goes back to it. */
+	if (l4 == 0) {
 		__u16 reason = 0;
-		switch (lb4_hairpin_reply(skb, saddr, &t, &reason)) {
-		case LB_DROP:
-			return drop(skb, point, reason);
-		case LB_DONE:
-			count(skb, point, SLUICE_OUTCOME_REVNAT, 0);
-			daddr = saddr;
-			break;
-		case LB_PASS:
-			break;
+		__u8 outcome = SLUICE_OUTCOME_REVNAT;
+		enum lb_verdict v = lb4_reverse(skb, saddr, daddr, &t, &daddr, &reason);
+		if (v == LB_PASS) {
+			outcome = SLUICE_OUTCOME_DNAT;
+			v = lb4_translate(skb, saddr, daddr, &t, 0, 0, &daddr, &reason);
 		}
-	} else if (l4 == 0) {
-		__u16 reason = 0;
-		switch (lb4_translate(skb, saddr, daddr, &t, &daddr, &reason)) {
-		case LB_DROP:
+		if (v == LB_DROP)
 			return drop(skb, point, reason);
-		case LB_DONE:
-			count(skb, point, SLUICE_OUTCOME_DNAT, 0);
-			break;
-		case LB_PASS:
-			break;
-		}
+		if (v == LB_DONE)
+			count(skb, point, outcome, 0);
 	}
 
 	struct endpoint_info *peer = lookup_endpoint(daddr);
@@ -90,7 +80,8 @@ int to_container(struct __sk_buff *skb)
 	struct l4_tuple t = {};
 	if (parse_l4(skb, ip, &t) == 0) {
 		__u16 reason = 0;
-		switch (lb4_reverse(skb, ip->saddr, ip->daddr, &t, &reason)) {
+		__u32 daddr = ip->daddr;
+		switch (lb4_reverse(skb, ip->saddr, daddr, &t, &daddr, &reason)) {
 		case LB_DROP:
 			return drop(skb, point, reason);
 		case LB_DONE:

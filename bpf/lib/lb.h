@@ -1,19 +1,18 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
 /*
- * Per-packet service load balancing for traffic leaving pods: frontend -> backend
- * translation with connection tracking, and the reverse translation of replies.
- * Userspace writes every entry; here we only look up, pick and rewrite.
+ * Per-packet service load balancing: frontend -> backend translation with connection
+ * tracking, and the reverse translation of replies. Userspace writes every entry; here we
+ * only look up, pick and rewrite.
  */
 #ifndef SLUICE_LB_H
 #define SLUICE_LB_H
 
-#include "maps.h"
-#include "metrics.h"
+#include "forward.h"
 #include "l4.h"
 
 enum lb_verdict {
 	LB_PASS,     /* not a service packet, or nothing to translate */
-	LB_DONE,     /* translated; the packet now carries the backend address */
+	LB_DONE,     /* translated; *new_daddr holds the destination now in the packet */
 	LB_DROP,     /* *reason says why */
 };
 
@@ -57,15 +56,30 @@ static __always_inline struct lb4_backend *lb4_select(__u32 client, __u32 vip, c
 	return be;
 }
 
+/* Applies a SERVICE entry: destination -> backend, source address -> alt when set. */
+static __always_inline int lb4_apply_forward(struct __sk_buff *skb, const struct l4_tuple *t,
+					     __u32 saddr, __u32 daddr, const struct ct4_entry *e)
+{
+	if (rewrite_endpoint(skb, t, 1, daddr, e->nat_address, t->dport, e->nat_port))
+		return -1;
+	if (e->alt_address && rewrite_endpoint(skb, t, 0, saddr, e->alt_address, t->sport, t->sport))
+		return -1;
+	return 0;
+}
+
 /*
  * Translates a packet addressed to a service frontend. An existing connection keeps its
  * backend (even one that has since left the service); a new one gets a backend and two
  * CT entries: the forward one keyed as the client sent it, and the reply one keyed as the
  * backend will answer, which holds the reverse translation.
+ *
+ * snat_ip: at the node's uplink, the node address that connections to backends on other
+ * nodes are given as source, so replies come back here to be translated (0 elsewhere).
+ * external_only: only frontends reachable from outside the cluster (at the uplink).
  */
 static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u32 saddr, __u32 daddr,
-						     const struct l4_tuple *t, __u32 *new_daddr,
-						     __u16 *reason)
+						     const struct l4_tuple *t, __u32 snat_ip,
+						     int external_only, __u32 *new_daddr, __u16 *reason)
 {
 	struct ct4_key fwd = {
 		.saddr = saddr, .daddr = daddr, .sport = t->sport, .dport = t->dport,
@@ -80,9 +94,7 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 	if (ct && !new_tcp) {
 		ct->last_seen_ns = now;
 		*new_daddr = ct->nat_address;
-		if (rewrite_endpoint(skb, t, 1, daddr, ct->nat_address, t->dport, ct->nat_port) ||
-		    ((ct->flags & SLUICE_CT_HAIRPIN) &&
-		     rewrite_endpoint(skb, t, 0, saddr, SLUICE_HAIRPIN_IP, t->sport, t->sport))) {
+		if (lb4_apply_forward(skb, t, saddr, daddr, ct)) {
 			*reason = SLUICE_DROP_INVALID_PACKET;
 			return LB_DROP;
 		}
@@ -90,7 +102,7 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 	}
 
 	struct lb4_service *svc = lb4_lookup_slot(daddr, t->dport, t->proto, 0);
-	if (!svc)
+	if (!svc || (external_only && !(svc->flags & SLUICE_SVC_EXTERNAL)))
 		return LB_PASS;
 	if (svc->count == 0) {
 		*reason = SLUICE_DROP_NO_SERVICE_BACKEND;
@@ -102,19 +114,25 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 		*reason = SLUICE_DROP_NO_SERVICE_BACKEND;
 		return LB_DROP;
 	}
-	int hairpin = be->address == saddr;
+	/* A pod reaching itself: move the source off its own address (see abi.h). A backend on
+	 * another node, reached through this node's uplink: source becomes this node. */
+	__u32 alt = 0;
+	if (be->address == saddr)
+		alt = SLUICE_HAIRPIN_IP;
+	else if (snat_ip && !lookup_endpoint(be->address))
+		alt = snat_ip;
 	struct ct4_entry entry = {
 		.last_seen_ns = now, .nat_address = be->address, .nat_port = be->port,
-		.rev_nat_id = svc->rev_nat_id, .backend_id = backend_id,
-		.flags = hairpin ? SLUICE_CT_HAIRPIN : 0,
+		.rev_nat_id = svc->rev_nat_id, .backend_id = backend_id, .alt_address = alt,
 	};
 	struct ct4_key rev = {
-		.saddr = be->address, .daddr = hairpin ? SLUICE_HAIRPIN_IP : saddr,
-		.sport = be->port, .dport = t->sport, .proto = t->proto, .dir = SLUICE_CT_REPLY,
+		.saddr = be->address, .daddr = alt ? alt : saddr, .sport = be->port,
+		.dport = t->sport, .proto = t->proto, .dir = SLUICE_CT_REPLY,
 	};
 	struct ct4_entry reply = {
 		.last_seen_ns = now, .nat_address = daddr, .nat_port = t->dport,
 		.rev_nat_id = svc->rev_nat_id, .backend_id = backend_id,
+		.alt_address = alt ? saddr : 0,
 	};
 	if (bpf_map_update_elem(&sluice_ct4, &fwd, &entry, BPF_ANY) ||
 	    bpf_map_update_elem(&sluice_ct4, &rev, &reply, BPF_ANY)) {
@@ -122,8 +140,7 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 		return LB_DROP;
 	}
 	*new_daddr = be->address;
-	if (rewrite_endpoint(skb, t, 1, daddr, be->address, t->dport, be->port) ||
-	    (hairpin && rewrite_endpoint(skb, t, 0, saddr, SLUICE_HAIRPIN_IP, t->sport, t->sport))) {
+	if (lb4_apply_forward(skb, t, saddr, daddr, &entry)) {
 		*reason = SLUICE_DROP_INVALID_PACKET;
 		return LB_DROP;
 	}
@@ -131,31 +148,12 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 }
 
 /*
- * A hairpinned pod answering itself: the reply goes to the hairpin address. Restore the
- * frontend as the source and the pod itself as the destination.
+ * A reply from a backend: the frontend becomes its source again, and where the forward
+ * direction moved the client's address (SNAT, hairpin) the client becomes its destination.
  */
-static __always_inline enum lb_verdict lb4_hairpin_reply(struct __sk_buff *skb, __u32 saddr,
-							 const struct l4_tuple *t, __u16 *reason)
-{
-	struct ct4_key rev = {
-		.saddr = saddr, .daddr = SLUICE_HAIRPIN_IP, .sport = t->sport, .dport = t->dport,
-		.proto = t->proto, .dir = SLUICE_CT_REPLY,
-	};
-	struct ct4_entry *ct = bpf_map_lookup_elem(&sluice_ct4, &rev);
-	if (!ct)
-		return LB_PASS;
-	ct->last_seen_ns = bpf_ktime_get_ns();
-	if (rewrite_endpoint(skb, t, 0, saddr, ct->nat_address, t->sport, ct->nat_port) ||
-	    rewrite_endpoint(skb, t, 1, SLUICE_HAIRPIN_IP, saddr, t->dport, t->dport)) {
-		*reason = SLUICE_DROP_INVALID_PACKET;
-		return LB_DROP;
-	}
-	return LB_DONE;
-}
-
-/* Replies from a backend get the frontend back as their source. */
 static __always_inline enum lb_verdict lb4_reverse(struct __sk_buff *skb, __u32 saddr, __u32 daddr,
-						   const struct l4_tuple *t, __u16 *reason)
+						   const struct l4_tuple *t, __u32 *new_daddr,
+						   __u16 *reason)
 {
 	struct ct4_key rev = {
 		.saddr = saddr, .daddr = daddr, .sport = t->sport, .dport = t->dport,
@@ -165,7 +163,10 @@ static __always_inline enum lb_verdict lb4_reverse(struct __sk_buff *skb, __u32 
 	if (!ct)
 		return LB_PASS;
 	ct->last_seen_ns = bpf_ktime_get_ns();
-	if (rewrite_endpoint(skb, t, 0, saddr, ct->nat_address, t->sport, ct->nat_port)) {
+	*new_daddr = ct->alt_address ? ct->alt_address : daddr;
+	if (rewrite_endpoint(skb, t, 0, saddr, ct->nat_address, t->sport, ct->nat_port) ||
+	    (ct->alt_address &&
+	     rewrite_endpoint(skb, t, 1, daddr, ct->alt_address, t->dport, t->dport))) {
 		*reason = SLUICE_DROP_INVALID_PACKET;
 		return LB_DROP;
 	}

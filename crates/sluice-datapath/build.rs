@@ -17,7 +17,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", entry.display());
     }
 
-    for object in ["endpoint", "overlay", "sock"] {
+    for object in ["endpoint", "overlay", "host", "sock"] {
         let source = bpf_dir.join(format!("{object}.bpf.c"));
         let output = out_dir.join(format!("{object}.bpf.o"));
         let status = Command::new(CLANG)

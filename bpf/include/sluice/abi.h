@@ -30,6 +30,7 @@
 #define SLUICE_POINT_TO_ENDPOINT 2
 #define SLUICE_POINT_FROM_OVERLAY 3
 #define SLUICE_POINT_TO_OVERLAY 4
+#define SLUICE_POINT_FROM_NETDEV 5
 
 /* What a program did with a packet (metrics_key.outcome). */
 #define SLUICE_OUTCOME_TO_STACK 1  /* handed to the kernel's stack */
@@ -50,6 +51,7 @@
 
 /* lb4_service.flags */
 #define SLUICE_SVC_AFFINITY 0x1    /* sessionAffinity: ClientIP */
+#define SLUICE_SVC_EXTERNAL 0x2    /* NodePort/ExternalIP/LoadBalancer: also translated at the uplink */
 
 /*
  * Hairpin: a pod reaching itself through a service. Its packets get this source so they
@@ -59,8 +61,6 @@
  */
 #define SLUICE_HAIRPIN_IP 0x012afea9U
 
-/* ct4_entry.flags */
-#define SLUICE_CT_HAIRPIN 0x1
 
 /* ct4_key.dir */
 #define SLUICE_CT_SERVICE 0        /* client -> frontend, as the client sent it */
@@ -160,13 +160,21 @@ struct ct4_key {
 	__u16 pad;
 };
 
+/*
+ * The rewrites a tracked packet gets. SERVICE entries: destination -> nat (the backend),
+ * and source address -> alt when set (node address for SNAT, or the hairpin address).
+ * REPLY entries: source -> nat (the frontend), and destination address -> alt when set
+ * (the original client, undoing SNAT/hairpin).
+ */
 struct ct4_entry {
 	__u64 last_seen_ns;  /* bpf_ktime_get_ns() of the last packet */
-	__u32 nat_address;   /* SERVICE: the backend; REPLY: the frontend */
+	__u32 nat_address;
 	__u16 nat_port;
 	__u16 flags;         /* reserved, 0 */
 	__u32 rev_nat_id;
 	__u32 backend_id;
+	__u32 alt_address;   /* 0: leave the other address alone */
+	__u32 pad;
 };
 
 /* sessionAffinity: ClientIP memory, per client and frontend. */

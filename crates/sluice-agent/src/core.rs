@@ -47,7 +47,14 @@ pub struct Core {
     pub(crate) swept: bool,
     pub(crate) desired: DesiredState,
     pub(crate) source_problems: Vec<String>,
+    /// Problems found at start (damaged state, re-attach failures); kept for the process' life.
     pub(crate) state_problems: Vec<String>,
+    /// Problems of the latest node reconcile (replaced each time).
+    pub(crate) node_problems: Vec<String>,
+    /// Set when no device holds the node address (nothing to attach from_netdev to).
+    pub(crate) uplink_problem: Option<String>,
+    /// Problems of the latest service reconcile (replaced each time).
+    pub(crate) service_problems: Vec<String>,
     pub(crate) started: Instant,
     pub(crate) lb: crate::services::LbState,
     /// Kept so the programs stay loaded while the process runs (the links are pinned anyway).
@@ -116,8 +123,15 @@ impl Core {
     }
 
     fn reconcile_services(&mut self) {
+        // NodePorts and Local traffic policies need to know which node this is.
+        let Some(node) = &self.node else { return };
+        let view = sluice_model::lb::NodeView {
+            name: &node.info.name,
+            address: node.info.address,
+        };
         let started = Instant::now();
-        match self.lb.reconcile(&mut self.dp, &self.desired) {
+        self.service_problems.clear();
+        match self.lb.reconcile(&mut self.dp, &self.desired, view) {
             Ok((0, 0, 0)) => {}
             Ok((added, removed, changed)) => tracing::info!(
                 added,
@@ -128,7 +142,7 @@ impl Core {
             ),
             Err(e) => {
                 tracing::error!(error = %e, "programming services");
-                self.state_problems
+                self.service_problems
                     .push(format!("programming services: {e}"));
             }
         }
@@ -182,6 +196,9 @@ impl Core {
         let in_use = self.records.len() + self.reserved.len();
         let mut problems = self.source_problems.clone();
         problems.extend(self.state_problems.iter().cloned());
+        problems.extend(self.node_problems.iter().cloned());
+        problems.extend(self.uplink_problem.iter().cloned());
+        problems.extend(self.service_problems.iter().cloned());
         if self.node.is_none() {
             problems.push(format!(
                 "Node {:?} not found in {}",

@@ -363,22 +363,21 @@ impl Core {
                 let _ = self.dp.remove_endpoint(ip);
             }
         }
-        let devices: HashSet<(String, u32)> = self
+        // A pinned link stays while its device exists, unless it is a pod veth nobody owns
+        // (the uplink and the VXLAN device are re-attached once the node is configured).
+        let owned: HashSet<(String, u32)> = self
             .records
             .values()
             .filter_map(|r| match &r.phase {
                 Phase::Ready(i) => Some((r.host_ifname.clone(), i.host_ifindex)),
                 Phase::Allocated => None,
             })
-            .chain(
-                links
-                    .iter()
-                    .filter(|l| l.name == crate::overlay::VXLAN_DEVICE)
-                    .map(|l| (l.name.clone(), l.index)),
-            )
             .collect();
         for (ifname, ifindex) in self.dp.pinned_links() {
-            if !devices.contains(&(ifname.clone(), ifindex)) {
+            let exists = links.iter().any(|l| l.name == ifname && l.index == ifindex);
+            let orphan_pod =
+                ifname.starts_with("lxc") && !owned.contains(&(ifname.clone(), ifindex));
+            if !exists || orphan_pod {
                 let _ = self.dp.detach(&ifname, ifindex);
             }
         }

@@ -24,7 +24,7 @@ impl Core {
         if self.node.as_ref().map(|n| &n.info) != Some(&me) {
             if let Err(e) = self.configure_self(me) {
                 tracing::error!(error = %e, "configuring this node");
-                self.state_problems.push(e);
+                self.node_problems = vec![e];
                 return;
             }
         }
@@ -69,15 +69,33 @@ impl Core {
                 "remote nodes reconciled"
             );
         }
-        self.state_problems = failed;
+        self.node_problems = failed;
         self.remote = desired;
     }
 
     fn configure_self(&mut self, me: NodeInfo) -> Result<(), String> {
-        let underlay_mtu = match self.cfg.underlay_mtu {
-            Some(m) => m,
-            None => self.detect_underlay_mtu(&me).unwrap_or(1500),
+        let uplink = self.uplink(&me);
+        let underlay_mtu = match (self.cfg.underlay_mtu, &uplink) {
+            (Some(m), _) => m,
+            (None, Some(link)) => link.mtu,
+            (None, None) => 1500,
         };
+        // Traffic from outside the cluster to NodePorts and external IPs enters here.
+        self.uplink_problem = None;
+        match &uplink {
+            Some(link) => self
+                .dp
+                .attach_netdev(&link.name, link.index)
+                .map_err(|e| format!("attaching from_netdev to uplink {}: {e}", link.name))?,
+            None => {
+                let problem = format!(
+                    "no device holds node address {}: NodePort/ExternalIP traffic from outside is not handled",
+                    me.address
+                );
+                tracing::warn!("{problem}");
+                self.uplink_problem = Some(problem);
+            }
+        }
         let node = SelfNode {
             info: me,
             underlay_mtu,
@@ -110,15 +128,13 @@ impl Core {
         Ok(())
     }
 
-    /// MTU of the device that carries the node's address.
-    fn detect_underlay_mtu(&self, me: &NodeInfo) -> Option<u32> {
+    /// The device that carries the node's address: the uplink.
+    fn uplink(&self, me: &NodeInfo) -> Option<sluice_netdev::LinkInfo> {
         let links = self.net.list_links().ok()?;
-        links.into_iter().find_map(|link| {
-            let addrs = self.net.addresses(&link.name).ok()?;
-            addrs
-                .iter()
-                .any(|a| a.addr() == me.address)
-                .then_some(link.mtu)
+        links.into_iter().find(|link| {
+            self.net
+                .addresses(&link.name)
+                .is_ok_and(|addrs| addrs.iter().any(|a| a.addr() == me.address))
         })
     }
 

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use sluice_datapath::abi::{
-    ip_from_be, ip_to_be, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, SVC_AFFINITY,
+    ip_from_be, ip_to_be, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, SVC_AFFINITY, SVC_EXTERNAL,
 };
 use sluice_datapath::Datapath;
-use sluice_model::lb::{lb_entries, Frontend, FrontendOrigin, LbEntry};
+use sluice_model::lb::{lb_entries, Frontend, FrontendOrigin, LbEntry, NodeView};
 use sluice_model::{diff_maps, DesiredState, Protocol};
 
 type BackendAddr = (Ipv4Addr, u16, Protocol);
@@ -126,6 +126,7 @@ impl LbState {
             }
             let affinity_timeout =
                 (head.flags & SVC_AFFINITY != 0).then_some(head.affinity_timeout);
+            let external = head.flags & SVC_EXTERNAL != 0;
             state.rev_nat_ids.next = state.rev_nat_ids.next.max(head.rev_nat_id);
             state.programmed.insert(
                 f,
@@ -134,6 +135,7 @@ impl LbState {
                     entry: LbEntry {
                         backends,
                         affinity_timeout,
+                        external,
                     },
                     backend_ids: ids,
                 },
@@ -179,8 +181,9 @@ impl LbState {
         &mut self,
         dp: &mut Datapath,
         state: &DesiredState,
+        node: NodeView,
     ) -> Result<(usize, usize, usize), String> {
-        let desired = lb_entries(state);
+        let desired = lb_entries(state, Some(node));
         let current: BTreeMap<Frontend, LbEntry> = self
             .programmed
             .iter()
@@ -280,7 +283,7 @@ impl LbState {
                 SVC_AFFINITY
             } else {
                 0
-            },
+            } | if entry.external { SVC_EXTERNAL } else { 0 },
             rev_nat_id,
             affinity_timeout: entry.affinity_timeout.unwrap_or(0),
         };

@@ -11,6 +11,7 @@ pub const POINT_FROM_ENDPOINT: u8 = 1;
 pub const POINT_TO_ENDPOINT: u8 = 2;
 pub const POINT_FROM_OVERLAY: u8 = 3;
 pub const POINT_TO_OVERLAY: u8 = 4;
+pub const POINT_FROM_NETDEV: u8 = 5;
 
 pub const OUTCOME_TO_STACK: u8 = 1;
 pub const OUTCOME_REDIRECT: u8 = 2;
@@ -27,10 +28,10 @@ pub const OUTCOME_DNAT: u8 = 5;
 pub const OUTCOME_REVNAT: u8 = 6;
 
 pub const SVC_AFFINITY: u16 = 0x1;
+pub const SVC_EXTERNAL: u16 = 0x2;
 
 /// Source given to a pod's packets when it reaches itself through a service.
 pub const HAIRPIN_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 42, 1);
-pub const CT_HAIRPIN: u16 = 0x1;
 
 pub const CT_SERVICE: u8 = 0;
 pub const CT_REPLY: u8 = 1;
@@ -160,6 +161,8 @@ pub struct Ct4Entry {
     pub flags: u16,
     pub rev_nat_id: u32,
     pub backend_id: u32,
+    pub alt_address: u32,
+    pub pad: u32,
 }
 
 #[repr(C)]
@@ -254,7 +257,9 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize, usize)>)
                 nat_port,
                 flags,
                 rev_nat_id,
-                backend_id
+                backend_id,
+                alt_address,
+                pad
             ]
         ),
         layout!("lb4_affinity_key", Lb4AffinityKey, [client, rev_nat_id]),

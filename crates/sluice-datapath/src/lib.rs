@@ -24,7 +24,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 
 pub use abi::{DatapathConfig, EndpointInfo, EndpointKey, MetricsKey, MetricsValue, TunnelInfo};
 pub use error::{Error, Result};
-pub use loader::{FROM_CONTAINER, FROM_OVERLAY, TO_CONTAINER, TO_OVERLAY};
+pub use loader::{FROM_CONTAINER, FROM_NETDEV, FROM_OVERLAY, TO_CONTAINER, TO_OVERLAY};
 pub use objects::{MAP_CONFIG, MAP_ENDPOINTS, MAP_METRICS, MAP_TUNNELS};
 
 use abi::{ip_from_be, ip_to_be};
@@ -123,6 +123,18 @@ impl Datapath {
             ifname,
             TcAttachType::Egress,
             &pin_out,
+        )
+    }
+
+    /// from_netdev on tc ingress of the node's uplink (the device holding the node address).
+    pub fn attach_netdev(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
+        let pin = loader::link_pin(&self.pin_path, ifname, ifindex, "ingress");
+        attach::attach_pinned(
+            FROM_NETDEV,
+            self.objects.program(FROM_NETDEV)?,
+            ifname,
+            TcAttachType::Ingress,
+            &pin,
         )
     }
 

@@ -7,16 +7,18 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::error::{prog_err, Error, Result};
 
-/// Both objects loaded, programs verified, maps shared through their pins.
+/// The tc objects loaded, programs verified, maps shared through their pins.
 pub struct Objects {
     pub endpoint: Ebpf,
     pub overlay: Ebpf,
+    pub host: Ebpf,
 }
 
 pub const FROM_CONTAINER: &str = "from_container";
 pub const TO_CONTAINER: &str = "to_container";
 pub const FROM_OVERLAY: &str = "from_overlay";
 pub const TO_OVERLAY: &str = "to_overlay";
+pub const FROM_NETDEV: &str = "from_netdev";
 
 impl Objects {
     /// Loads (or, after a restart, re-opens) the maps pinned in `pin_path` and loads every
@@ -28,6 +30,7 @@ impl Objects {
         })?;
         let mut endpoint = load_object("endpoint", crate::objects::ENDPOINT, pin_path)?;
         let mut overlay = load_object("overlay", crate::objects::OVERLAY, pin_path)?;
+        let mut host = load_object("host", crate::objects::HOST, pin_path)?;
         for name in [FROM_CONTAINER, TO_CONTAINER] {
             classifier(&mut endpoint, name)?
                 .load()
@@ -38,20 +41,28 @@ impl Objects {
                 .load()
                 .map_err(prog_err(name))?;
         }
-        Ok(Self { endpoint, overlay })
+        classifier(&mut host, FROM_NETDEV)?
+            .load()
+            .map_err(prog_err(FROM_NETDEV))?;
+        Ok(Self {
+            endpoint,
+            overlay,
+            host,
+        })
     }
 
     pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
-        let object = if name == FROM_OVERLAY || name == TO_OVERLAY {
-            &mut self.overlay
-        } else {
-            &mut self.endpoint
+        let object = match name {
+            FROM_OVERLAY | TO_OVERLAY => &mut self.overlay,
+            FROM_NETDEV => &mut self.host,
+            _ => &mut self.endpoint,
         };
         classifier(object, name)
     }
 }
 
-fn load_object(object: &'static str, bytes: &[u8], pin_path: &Path) -> Result<Ebpf> {
+pub(crate) fn load_object(object: &'static str, bytes: &[u8], pin_path: &Path) -> Result<Ebpf> {
+    drop_incompatible_pins(object, bytes, pin_path);
     EbpfLoader::new()
         .default_map_pin_directory(pin_path)
         .load(bytes)
@@ -86,4 +97,29 @@ pub fn parse_link_pin(file_name: &str) -> Option<(String, u32)> {
     let ifindex = parts.next()?.parse().ok()?;
     let _direction = parts.next()?;
     Some((parts.next()?.to_string(), ifindex))
+}
+
+/// A pinned map whose shape differs from what this build's object declares (an upgrade
+/// changed a struct) is unpinned, so the load creates a fresh one instead of handing the
+/// programs a map they would misread. Its entries are lost; the agent re-programs what it
+/// owns, and conntrack entries start over.
+fn drop_incompatible_pins(object: &'static str, bytes: &[u8], pin_path: &Path) {
+    let Ok(parsed) = aya_obj::Object::parse(bytes) else {
+        return;
+    };
+    for (name, map) in &parsed.maps {
+        let pin = pin_path.join(name);
+        if name.starts_with('.') || !pin.exists() {
+            continue;
+        }
+        let compatible = aya::maps::MapInfo::from_pin(&pin).is_ok_and(|info| {
+            info.key_size() == map.key_size()
+                && info.value_size() == map.value_size()
+                && info.max_entries() == map.max_entries()
+        });
+        if !compatible {
+            tracing::warn!(object, map = %name, pin = %pin.display(), "pinned map has another shape than this build's; recreating it");
+            let _ = std::fs::remove_file(&pin);
+        }
+    }
 }

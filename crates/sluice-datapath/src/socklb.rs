@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 
 use crate::error::{prog_err, Error, Result};
 
@@ -24,13 +24,7 @@ pub struct SockLb {
 
 impl SockLb {
     pub fn load(pin_path: &Path) -> Result<Self> {
-        let mut object = EbpfLoader::new()
-            .default_map_pin_directory(pin_path)
-            .load(crate::objects::SOCK)
-            .map_err(|source| Error::Load {
-                object: "sock",
-                source: Box::new(source),
-            })?;
+        let mut object = crate::loader::load_object("sock", crate::objects::SOCK, pin_path)?;
         for name in PROGRAMS {
             program(&mut object, name)?.load().map_err(prog_err(name))?;
         }

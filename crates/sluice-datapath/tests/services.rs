@@ -447,3 +447,125 @@ fn a_pod_reaches_itself_through_its_service() {
     let p = parse(&out.packet);
     assert_eq!((p.src, p.dst), ((HAIRPIN_IP, 44000), (CLIENT, 8080)));
 }
+
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 254);
+
+/// NODE:30080 -> the remote backend, NODE:30081 -> CLIENT:8080 (a pod on this node).
+fn setup_nodeports(t: &mut TestDatapath) {
+    setup(t, false);
+    t.dp.set_config(sluice_datapath::DatapathConfig {
+        node_ip: be(NODE),
+        ..Default::default()
+    })
+    .unwrap();
+    let lb = t.dp.lb();
+    lb.set_backend(
+        20,
+        Lb4Backend {
+            address: be(CLIENT),
+            port: 8080u16.to_be(),
+            proto: TCP,
+            flags: 0,
+        },
+    )
+    .unwrap();
+    for (port, backend, rev) in [(30080u16, 2u32, 30u32), (30081, 20, 31)] {
+        lb.set_slot(
+            key(NODE, port, TCP, 0),
+            Lb4Service {
+                count: 1,
+                flags: SVC_EXTERNAL,
+                rev_nat_id: rev,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        lb.set_slot(
+            key(NODE, port, TCP, 1),
+            Lb4Service {
+                backend_id: backend,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn nodeport_to_a_remote_backend_is_snatted_and_its_replies_reversed() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup_nodeports(&mut t);
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_NETDEV,
+        &packet(TCP, (OUTSIDE, 50000), (NODE, 30080), SYN, true),
+    );
+    assert_eq!(out.retval, TC_ACT_OK, "routed on to the backend's node");
+    let p = parse(&out.packet);
+    assert_eq!(p.dst, (REMOTE_BACKEND, 8080));
+    assert_eq!(
+        p.src,
+        (NODE, 50000),
+        "source is this node, so the reply comes back here"
+    );
+    assert!(p.ip_ok && p.l4_ok);
+
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_NETDEV,
+        &packet(TCP, (REMOTE_BACKEND, 8080), (NODE, 50000), SYN | ACK, true),
+    );
+    assert_eq!(out.retval, TC_ACT_OK);
+    let p = parse(&out.packet);
+    assert_eq!((p.src, p.dst), ((NODE, 30080), (OUTSIDE, 50000)));
+    assert!(p.ip_ok && p.l4_ok);
+}
+
+#[test]
+fn nodeport_to_a_local_backend_keeps_the_client_address() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup_nodeports(&mut t);
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_NETDEV,
+        &packet(TCP, (OUTSIDE, 50001), (NODE, 30081), SYN, true),
+    );
+    assert_eq!(out.retval, TC_ACT_REDIRECT, "straight to the pod");
+    let p = parse(&out.packet);
+    assert_eq!((p.src, p.dst), ((OUTSIDE, 50001), (CLIENT, 8080)));
+
+    // The pod's reply leaves through its veth and is translated there.
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 8080), (OUTSIDE, 50001), SYN | ACK, true),
+    );
+    assert_eq!(out.retval, TC_ACT_OK);
+    let p = parse(&out.packet);
+    assert_eq!((p.src, p.dst), ((NODE, 30081), (OUTSIDE, 50001)));
+    assert!(p.ip_ok && p.l4_ok);
+}
+
+#[test]
+fn the_uplink_leaves_cluster_ips_and_other_traffic_alone() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup_nodeports(&mut t);
+    for packet in [
+        packet(TCP, (OUTSIDE, 50002), (VIP, 80), SYN, true),
+        packet(TCP, (OUTSIDE, 50002), (NODE, 22), SYN, true),
+        packet(UDP, (OUTSIDE, 50002), (NODE, 8472), 0, true),
+    ] {
+        let out = run(&mut t, sluice_datapath::FROM_NETDEV, &packet);
+        assert_eq!((out.retval, &out.packet), (TC_ACT_OK, &packet));
+    }
+}

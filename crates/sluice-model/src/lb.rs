@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use crate::service::{backends_for, usable_backends, Protocol};
+use crate::service::{
+    backends_for, usable_backends, Backend, Protocol, ServiceInfo, ServicePortInfo, ServiceType,
+};
 use crate::state::DesiredState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,6 +22,8 @@ pub struct LbEntry {
     /// Usable backends (address, port), sorted.
     pub backends: Vec<(Ipv4Addr, u16)>,
     pub affinity_timeout: Option<u32>,
+    /// Reachable from outside the cluster: also translated at the node's uplink.
+    pub external: bool,
 }
 
 /// Where a frontend comes from, for display.
@@ -30,9 +34,22 @@ pub struct FrontendOrigin {
     pub kind: &'static str,
 }
 
-/// Frontends of every non-headless service: its ClusterIP on each port. Services without a
-/// selector get no computed backends (their endpoints come from elsewhere) and so reject.
-pub fn lb_entries(state: &DesiredState) -> BTreeMap<Frontend, (LbEntry, FrontendOrigin)> {
+/// The node an agent programs for: NodePorts live on its address, and Local traffic
+/// policies keep only its own backends.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeView<'a> {
+    pub name: &'a str,
+    pub address: Ipv4Addr,
+}
+
+/// Frontends of every non-headless service as one node programs them: the ClusterIP on each
+/// port; for NodePort and LoadBalancer services this node's address on each node port;
+/// external IPs and load-balancer ingress IPs. Services without a selector get no computed
+/// backends (their endpoints come from elsewhere) and so reject.
+pub fn lb_entries(
+    state: &DesiredState,
+    node: Option<NodeView>,
+) -> BTreeMap<Frontend, (LbEntry, FrontendOrigin)> {
     let mut out = BTreeMap::new();
     for svc in state.services.values() {
         let Some(cluster_ip) = svc.cluster_ip else {
@@ -40,32 +57,74 @@ pub fn lb_entries(state: &DesiredState) -> BTreeMap<Frontend, (LbEntry, Frontend
         };
         for port in &svc.ports {
             let all = backends_for(svc, port, &state.pods);
-            let mut backends: Vec<(Ipv4Addr, u16)> = usable_backends(&all)
-                .into_iter()
-                .map(|b| (b.ip, b.port))
-                .collect();
-            backends.sort();
-            backends.dedup();
-            let entry = LbEntry {
-                backends,
-                affinity_timeout: svc.affinity_timeout,
-            };
-            let origin = FrontendOrigin {
-                service: svc.key(),
-                port_name: port.name.clone(),
-                kind: "ClusterIP",
-            };
-            out.insert(
-                Frontend {
-                    address: cluster_ip,
-                    port: port.port,
-                    protocol: port.protocol,
-                },
-                (entry, origin),
-            );
+            let mut add =
+                |address: Ipv4Addr, port_number: u16, kind: &'static str, external: bool| {
+                    let local_only = if external {
+                        svc.external_traffic_local
+                    } else {
+                        svc.internal_traffic_local
+                    };
+                    let entry = LbEntry {
+                        backends: pick(&all, local_only.then_some(node).flatten()),
+                        affinity_timeout: svc.affinity_timeout,
+                        external,
+                    };
+                    let origin = FrontendOrigin {
+                        service: svc.key(),
+                        port_name: port.name.clone(),
+                        kind,
+                    };
+                    out.insert(
+                        Frontend {
+                            address,
+                            port: port_number,
+                            protocol: port.protocol,
+                        },
+                        (entry, origin),
+                    );
+                };
+            add(cluster_ip, port.port, "ClusterIP", false);
+            if let (Some(node_port), Some(node)) = (node_port(svc, port), node) {
+                add(node.address, node_port, "NodePort", true);
+            }
+            for ip in &svc.external_ips {
+                add(*ip, port.port, "ExternalIP", true);
+            }
+            if svc.type_ == ServiceType::LoadBalancer {
+                for ip in &svc.load_balancer_ips {
+                    add(*ip, port.port, "LoadBalancer", true);
+                }
+            }
         }
     }
     out
+}
+
+fn node_port(svc: &ServiceInfo, port: &ServicePortInfo) -> Option<u16> {
+    match svc.type_ {
+        ServiceType::NodePort | ServiceType::LoadBalancer => port.node_port,
+        _ => None,
+    }
+}
+
+/// Usable backends, only this node's when a Local traffic policy applies (with the
+/// terminating fallback judged among those).
+fn pick(all: &[Backend], local_to: Option<NodeView>) -> Vec<(Ipv4Addr, u16)> {
+    let candidates: Vec<Backend> = match local_to {
+        Some(node) => all
+            .iter()
+            .filter(|b| b.node_name.as_deref() == Some(node.name))
+            .cloned()
+            .collect(),
+        None => all.to_vec(),
+    };
+    let mut backends: Vec<(Ipv4Addr, u16)> = usable_backends(&candidates)
+        .into_iter()
+        .map(|b| (b.ip, b.port))
+        .collect();
+    backends.sort();
+    backends.dedup();
+    backends
 }
 
 #[cfg(test)]
@@ -103,7 +162,7 @@ status: {phase: Pending}
         let objects = parse_manifests("t", MANIFESTS).unwrap();
         let (state, problems) = DesiredState::build(&objects);
         assert!(problems.is_empty(), "{problems:?}");
-        let entries = lb_entries(&state);
+        let entries = lb_entries(&state, None);
         assert_eq!(entries.len(), 2);
         let http = &entries[&Frontend {
             address: Ipv4Addr::new(10, 96, 0, 10),
@@ -118,5 +177,75 @@ status: {phase: Pending}
             protocol: Protocol::Udp,
         }];
         assert_eq!(dns.0.backends, vec![(Ipv4Addr::new(10, 0, 0, 2), 53)]);
+    }
+}
+
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+    use crate::manifest::parse_manifests;
+
+    const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: np, namespace: x}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.20
+  selector: {app: web}
+  externalIPs: [203.0.113.7]
+  externalTrafficPolicy: Local
+  internalTrafficPolicy: Local
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+status: {loadBalancer: {ingress: [{ip: 198.51.100.9}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: web}}
+spec: {nodeName: n1}
+status: {phase: Running, podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: web}}
+spec: {nodeName: n2}
+status: {phase: Running, podIP: 10.0.1.2}
+"#;
+
+    #[test]
+    fn every_frontend_kind_with_local_policies_per_node() {
+        let objects = parse_manifests("t", MANIFESTS).unwrap();
+        let (state, problems) = DesiredState::build(&objects);
+        assert!(problems.is_empty(), "{problems:?}");
+        let n1 = NodeView {
+            name: "n1",
+            address: Ipv4Addr::new(192, 168, 0, 1),
+        };
+        let entries = lb_entries(&state, Some(n1));
+        let kinds: Vec<(&str, Ipv4Addr, u16)> = entries
+            .iter()
+            .map(|(f, (_, o))| (o.kind, f.address, f.port))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("ClusterIP", Ipv4Addr::new(10, 96, 0, 20), 80),
+                ("NodePort", Ipv4Addr::new(192, 168, 0, 1), 30080),
+                ("LoadBalancer", Ipv4Addr::new(198, 51, 100, 9), 80),
+                ("ExternalIP", Ipv4Addr::new(203, 0, 113, 7), 80),
+            ]
+        );
+        // Local policies: node n1 only ever uses its own pod.
+        for (entry, origin) in entries.values() {
+            assert_eq!(
+                entry.backends,
+                vec![(Ipv4Addr::new(10, 0, 0, 2), 8080)],
+                "{}",
+                origin.kind
+            );
+            assert_eq!(entry.external, origin.kind != "ClusterIP");
+        }
+        // Without a node (not known yet) there are no NodePorts.
+        assert_eq!(lb_entries(&state, None).len(), 3);
     }
 }

@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0)
+/*
+ * Program on the node's uplink (the device holding the node address), tc ingress:
+ *   from_netdev: traffic entering the node from the network. Replies of translated
+ *   connections are translated back; new connections to NodePort, ExternalIP and
+ *   LoadBalancer frontends get a backend. A backend on another node gets this node's
+ *   address as source (unless the service keeps traffic local), so its replies return here.
+ */
+#include "lib/forward.h"
+#include "lib/lb.h"
+
+SEC("classifier")
+int from_netdev(struct __sk_buff *skb)
+{
+	const __u8 point = SLUICE_POINT_FROM_NETDEV;
+	struct iphdr *ip = 0;
+
+	if (parse_ipv4(skb, &ip) != PARSE_IPV4)
+		return TC_ACT_OK;  /* ARP, IPv6, garbage: the stack's business */
+	__u32 saddr = ip->saddr, daddr = ip->daddr;
+	__u8 ttl = ip->ttl;
+	struct l4_tuple t = {};
+	if (parse_l4(skb, ip, &t) != 0)
+		return TC_ACT_OK;
+
+	struct datapath_config *cfg = datapath_config();
+	if (!cfg)
+		return TC_ACT_OK;
+	__u16 reason = 0;
+	__u8 outcome = SLUICE_OUTCOME_REVNAT;
+	enum lb_verdict v = lb4_reverse(skb, saddr, daddr, &t, &daddr, &reason);
+	if (v == LB_PASS) {
+		outcome = SLUICE_OUTCOME_DNAT;
+		v = lb4_translate(skb, saddr, daddr, &t, cfg->node_ip, 1, &daddr, &reason);
+	}
+	if (v == LB_DROP)
+		return drop(skb, point, reason);
+	if (v == LB_PASS)
+		return TC_ACT_OK;  /* not ours: uncounted, this sees all of the node's traffic */
+	count(skb, point, outcome, 0);
+
+	if (ttl <= 1)
+		return to_stack(skb, point);
+	struct endpoint_info *ep = lookup_endpoint(daddr);
+	if (ep)
+		return deliver_local(skb, point, ep, ttl);
+	/* A backend on another node, or a client out in the world: the kernel routes. */
+	return to_stack(skb, point);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
