@@ -52,6 +52,10 @@ int from_container(struct __sk_buff *skb)
 			return drop(skb, point, reason);
 		if (v == LB_DONE)
 			count(skb, point, outcome, 0);
+		/* A reply translated back to a NodePort/ExternalIP frontend now comes from this
+		 * node (or an address it answers for): route it ourselves, the stack would drop it. */
+		if (v == LB_DONE && outcome == SLUICE_OUTCOME_REVNAT && !lookup_endpoint(daddr))
+			return forward_routed(skb, point, load_saddr(skb), daddr, ttl);
 	}
 
 	struct endpoint_info *peer = lookup_endpoint(daddr);

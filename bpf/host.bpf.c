@@ -41,11 +41,8 @@ int from_netdev(struct __sk_buff *skb)
 
 	if (ttl <= 1)
 		return to_stack(skb, point);
-	struct endpoint_info *ep = lookup_endpoint(daddr);
-	if (ep)
-		return deliver_local(skb, point, ep, ttl);
-	/* A backend on another node, or a client out in the world: the kernel routes. */
-	return to_stack(skb, point);
+	/* A local pod, a backend on another node, or a client out in the world. */
+	return forward_routed(skb, point, load_saddr(skb), daddr, ttl);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -7,6 +7,7 @@ packages=(
   clang-19 llvm-19 libbpf-dev   # compiling bpf/*.bpf.c
   bpftool                       # ABI layout test, inspecting attached programs
   iproute2 iputils-ping         # the lab and its checks
+  nftables iptables             # e2e checks that sluice adds no firewall rules
   containernetworking-plugins   # reference CNI plugins chained after sluice-cni in tests
 )
 

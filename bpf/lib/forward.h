@@ -80,4 +80,37 @@ static __always_inline int encap_to_remote(struct __sk_buff *skb, __u8 point,
 	return bpf_redirect(cfg->vxlan_ifindex, 0);
 }
 
+/*
+ * Routes a packet ourselves instead of handing it to the stack's input path: after NAT its
+ * source may be this node's own address, which the stack would drop as martian. A local pod
+ * or a tunnelled remote pod is reached as usual; anything else leaves through the device
+ * and next hop the FIB picks, with the kernel resolving the neighbour.
+ */
+static __always_inline int forward_routed(struct __sk_buff *skb, __u8 point, __u32 saddr,
+					  __u32 daddr, __u8 ttl)
+{
+	struct endpoint_info *ep = lookup_endpoint(daddr);
+	if (ep)
+		return deliver_local(skb, point, ep, ttl);
+	struct datapath_config *cfg = datapath_config();
+	if (cfg && cfg->routing_mode == SLUICE_ROUTING_VXLAN) {
+		struct tunnel_info *remote = lookup_tunnel(daddr);
+		if (remote && remote->node_ip != cfg->node_ip)
+			return encap_to_remote(skb, point, cfg, remote, ttl);
+	}
+	struct bpf_fib_lookup fib = {};
+	fib.family = 2; /* AF_INET */
+	fib.ipv4_src = saddr;
+	fib.ipv4_dst = daddr;
+	fib.ifindex = skb->ifindex;
+	/* An input lookup on the receiving device (forwarding is on: we route for pods). */
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return drop(skb, point, SLUICE_DROP_FIB_LOOKUP_FAILED);
+	if (dec_ttl(skb, ttl))
+		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
+	count(skb, point, SLUICE_OUTCOME_ROUTED, 0);
+	return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
+}
+
 #endif /* SLUICE_FORWARD_H */

@@ -11,6 +11,14 @@
 #define IP_SADDR_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, saddr))
 #define IP_DADDR_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, daddr))
 
+/* The source address as the packet carries it now (after any rewrite). */
+static __always_inline __u32 load_saddr(struct __sk_buff *skb)
+{
+	__u32 saddr = 0;
+	bpf_skb_load_bytes(skb, IP_SADDR_OFF, &saddr, sizeof(saddr));
+	return saddr;
+}
+
 /* A packet's transport tuple; ports in network order. */
 struct l4_tuple {
 	__u32 l4_off;

@@ -44,10 +44,12 @@
 #define SLUICE_DROP_CT_INSERT_FAILED 155
 #define SLUICE_DROP_NO_SERVICE_BACKEND 158
 #define SLUICE_DROP_NO_TUNNEL_ENDPOINT 160
+#define SLUICE_DROP_FIB_LOOKUP_FAILED 169
 
 /* What a program did to a packet besides forwarding it (metrics_key.outcome). */
 #define SLUICE_OUTCOME_DNAT 5      /* service frontend translated to a backend */
 #define SLUICE_OUTCOME_REVNAT 6    /* reply source translated back to the frontend */
+#define SLUICE_OUTCOME_ROUTED 7    /* sent out by our own FIB lookup (source may be this node) */
 
 /* lb4_service.flags */
 #define SLUICE_SVC_AFFINITY 0x1    /* sessionAffinity: ClientIP */

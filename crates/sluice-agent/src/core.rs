@@ -261,6 +261,7 @@ fn counter(k: abi::MetricsKey, v: abi::MetricsValue) -> Counter {
         abi::POINT_TO_ENDPOINT => "to-endpoint",
         abi::POINT_FROM_OVERLAY => "from-overlay",
         abi::POINT_TO_OVERLAY => "to-overlay",
+        abi::POINT_FROM_NETDEV => "from-netdev",
         _ => "unknown",
     };
     let outcome = match k.outcome {
@@ -270,6 +271,7 @@ fn counter(k: abi::MetricsKey, v: abi::MetricsValue) -> Counter {
         abi::OUTCOME_DROP => "drop",
         abi::OUTCOME_DNAT => "service-dnat",
         abi::OUTCOME_REVNAT => "service-revnat",
+        abi::OUTCOME_ROUTED => "routed",
         _ => "unknown",
     };
     let reason = match k.reason {
@@ -279,6 +281,7 @@ fn counter(k: abi::MetricsKey, v: abi::MetricsValue) -> Counter {
         abi::DROP_NO_TUNNEL_ENDPOINT => "no-tunnel-endpoint".into(),
         abi::DROP_NO_SERVICE_BACKEND => "service-backend-not-found".into(),
         abi::DROP_CT_INSERT_FAILED => "ct-map-insertion-failed".into(),
+        abi::DROP_FIB_LOOKUP_FAILED => "fib-lookup-failed".into(),
         other => format!("reason-{other}"),
     };
     Counter {

@@ -23,9 +23,11 @@ pub const DROP_INVALID_PACKET: u16 = 134;
 pub const DROP_CT_INSERT_FAILED: u16 = 155;
 pub const DROP_NO_SERVICE_BACKEND: u16 = 158;
 pub const DROP_NO_TUNNEL_ENDPOINT: u16 = 160;
+pub const DROP_FIB_LOOKUP_FAILED: u16 = 169;
 
 pub const OUTCOME_DNAT: u8 = 5;
 pub const OUTCOME_REVNAT: u8 = 6;
+pub const OUTCOME_ROUTED: u8 = 7;
 
 pub const SVC_AFFINITY: u16 = 0x1;
 pub const SVC_EXTERNAL: u16 = 0x2;

@@ -76,6 +76,7 @@ struct Parsed {
     ip_ok: bool,
     l4_ok: bool,
     l4_csum: u16,
+    ttl: u8,
 }
 
 fn parse(p: &[u8]) -> Parsed {
@@ -91,6 +92,7 @@ fn parse(p: &[u8]) -> Parsed {
         ip_ok: checksum(ip) == 0,
         l4_ok: (ip[9] == UDP && l4_csum == 0) || l4_checksum(ip, l4) == 0,
         l4_csum,
+        ttl: ip[8],
     }
 }
 
@@ -451,6 +453,51 @@ fn a_pod_reaches_itself_through_its_service() {
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 254);
 
+/// A network namespace where the FIB knows the node network (192.168.50.0/24 on a veth) and
+/// the remote pod CIDR (via 192.168.50.2), so packets we route ourselves have somewhere to go.
+/// PROG_TEST_RUN runs in the namespace of the calling thread.
+struct NodeNetwork {
+    ns: sluice_netdev::Netns,
+}
+
+impl NodeNetwork {
+    fn new() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "sdp{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let ns = sluice_netdev::Netns::create(&name).unwrap();
+        sluice_netdev::sysctl_set(&ns, "net/ipv4/ip_forward", "1").unwrap();
+        let h = sluice_netdev::NetHandle::new(&ns).unwrap();
+        h.create_veth("up0", "up1").unwrap();
+        h.add_address("up0", "192.168.50.1/24".parse().unwrap())
+            .unwrap();
+        h.set_up("up1").unwrap();
+        h.set_up("up0").unwrap();
+        h.replace_route(&sluice_netdev::Route {
+            dst: "10.20.0.0/16".parse().unwrap(),
+            gateway: Some(Ipv4Addr::new(192, 168, 50, 2)),
+            ..Default::default()
+        })
+        .unwrap();
+        Self { ns }
+    }
+
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.ns.run(f).unwrap()
+    }
+}
+
+impl Drop for NodeNetwork {
+    fn drop(&mut self) {
+        if let Some(name) = self.ns.name() {
+            let _ = sluice_netdev::Netns::delete(name);
+        }
+    }
+}
+
 /// NODE:30080 -> the remote backend, NODE:30081 -> CLIENT:8080 (a pod on this node).
 fn setup_nodeports(t: &mut TestDatapath) {
     setup(t, false);
@@ -499,12 +546,15 @@ fn nodeport_to_a_remote_backend_is_snatted_and_its_replies_reversed() {
     }
     let mut t = TestDatapath::load();
     setup_nodeports(&mut t);
-    let out = run(
-        &mut t,
-        sluice_datapath::FROM_NETDEV,
-        &packet(TCP, (OUTSIDE, 50000), (NODE, 30080), SYN, true),
+    let net = NodeNetwork::new();
+    let syn = packet(TCP, (OUTSIDE, 50000), (NODE, 30080), SYN, true);
+    let out = net.run(|| run(&mut t, sluice_datapath::FROM_NETDEV, &syn));
+    assert_eq!(
+        out.retval,
+        TC_ACT_REDIRECT,
+        "routed by us to the backend's node (its source is now this node); counters {:?}",
+        t.dp.metrics().unwrap()
     );
-    assert_eq!(out.retval, TC_ACT_OK, "routed on to the backend's node");
     let p = parse(&out.packet);
     assert_eq!(p.dst, (REMOTE_BACKEND, 8080));
     assert_eq!(
@@ -514,14 +564,15 @@ fn nodeport_to_a_remote_backend_is_snatted_and_its_replies_reversed() {
     );
     assert!(p.ip_ok && p.l4_ok);
 
-    let out = run(
-        &mut t,
-        sluice_datapath::FROM_NETDEV,
-        &packet(TCP, (REMOTE_BACKEND, 8080), (NODE, 50000), SYN | ACK, true),
+    let reply = packet(TCP, (REMOTE_BACKEND, 8080), (NODE, 50000), SYN | ACK, true);
+    let out = net.run(|| run(&mut t, sluice_datapath::FROM_NETDEV, &reply));
+    assert_eq!(
+        out.retval, TC_ACT_REDIRECT,
+        "routed by us back out to the client"
     );
-    assert_eq!(out.retval, TC_ACT_OK);
     let p = parse(&out.packet);
     assert_eq!((p.src, p.dst), ((NODE, 30080), (OUTSIDE, 50000)));
+    assert_eq!(p.ttl, 63, "routed: TTL decremented");
     assert!(p.ip_ok && p.l4_ok);
 }
 
@@ -541,13 +592,11 @@ fn nodeport_to_a_local_backend_keeps_the_client_address() {
     let p = parse(&out.packet);
     assert_eq!((p.src, p.dst), ((OUTSIDE, 50001), (CLIENT, 8080)));
 
-    // The pod's reply leaves through its veth and is translated there.
-    let out = run(
-        &mut t,
-        sluice_datapath::FROM_CONTAINER,
-        &packet(TCP, (CLIENT, 8080), (OUTSIDE, 50001), SYN | ACK, true),
-    );
-    assert_eq!(out.retval, TC_ACT_OK);
+    // The pod's reply leaves through its veth, is translated there and routed out by us.
+    let net = NodeNetwork::new();
+    let reply = packet(TCP, (CLIENT, 8080), (OUTSIDE, 50001), SYN | ACK, true);
+    let out = net.run(|| run(&mut t, sluice_datapath::FROM_CONTAINER, &reply));
+    assert_eq!(out.retval, TC_ACT_REDIRECT);
     let p = parse(&out.packet);
     assert_eq!((p.src, p.dst), ((NODE, 30081), (OUTSIDE, 50001)));
     assert!(p.ip_ok && p.l4_ok);

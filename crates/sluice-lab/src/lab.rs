@@ -171,6 +171,36 @@ impl Lab {
         Ok(self.paths.agent_socket(&self.node(node)?.name))
     }
 
+    /// Relabels a pod: its manifest changes and the agents react as to a `kubectl label`.
+    pub fn set_pod_labels(&mut self, pod: &str, labels: &[(&str, &str)]) -> Result<()> {
+        let labels: std::collections::BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (ns, name) = {
+            let p = self.pod(pod)?;
+            (p.namespace.clone(), p.name.clone())
+        };
+        crate::manifests::set_pod_labels(&self.paths.manifests(), &ns, &name, &labels)?;
+        if let Some(p) = self
+            .state
+            .pods
+            .iter_mut()
+            .find(|p| p.namespace == ns && p.name == name)
+        {
+            p.labels = labels;
+        }
+        self.state.save(&self.paths)
+    }
+
+    /// The address of the outside host (see [`crate::network::outside_ip`]).
+    pub fn outside_ip(&self) -> Ipv4Addr {
+        crate::network::outside_ip(self.state.underlay)
+    }
+    pub fn outside_netns(&self) -> Result<Netns> {
+        Netns::open(&self.state.underlay_netns).map_err(net("the outside host".to_string()))
+    }
+
     pub fn pod_netns(&self, pod: &str) -> Result<Netns> {
         let p = self.pod(pod)?;
         Netns::open(&p.netns).map_err(net(format!("pod {}", p.key())))
@@ -244,6 +274,31 @@ impl Lab {
         cmd.args(args);
         cmd.output()
             .map_err(io(format!("run {:?} in node {node}", program.as_ref())))
+    }
+
+    /// A command that runs on the outside host (the underlay namespace).
+    pub fn command_outside(&self, program: impl AsRef<OsStr>) -> Result<Command> {
+        let netns = self
+            .outside_netns()?
+            .open_fd()
+            .map_err(net("the outside host".to_string()))?;
+        let mut cmd = Command::new(program);
+        process::place(
+            &mut cmd,
+            Placement {
+                netns,
+                cgroup_procs: None,
+                setsid: false,
+            },
+        );
+        Ok(cmd)
+    }
+
+    /// Runs `f` on a thread on the outside host.
+    pub fn run_outside<F: FnOnce() -> T + Send, T: Send>(&self, f: F) -> Result<T> {
+        self.outside_netns()?
+            .run(f)
+            .map_err(net("enter the outside host".to_string()))
     }
 
     /// Runs `f` on a thread inside the pod's network namespace. Sockets made there keep

@@ -90,6 +90,21 @@ pub fn write_pod(dir: &Path, pod: &Pod) -> Result<()> {
     write_yaml(&pod_file(dir, ns, name), pod)
 }
 
+/// Replaces a pod's labels in its manifest (what `kubectl label --overwrite` would do).
+pub fn set_pod_labels(
+    dir: &Path,
+    ns: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<()> {
+    let path = pod_file(dir, ns, name);
+    let text = std::fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))?;
+    let mut pod: Pod = serde_saphyr::from_str(&text)
+        .map_err(|e| crate::LabError::Invalid(format!("{}: {e}", path.display())))?;
+    pod.metadata.labels = Some(labels.clone());
+    write_pod(dir, &pod)
+}
+
 /// The pod after its sandbox is up, as a kubelet reports it.
 pub fn write_pod_running(dir: &Path, pod: &Pod, ip: Ipv4Addr, host_ip: Ipv4Addr) -> Result<()> {
     let mut pod = pod.clone();

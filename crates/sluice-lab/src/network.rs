@@ -14,8 +14,15 @@ pub const NODE_SYSCTLS: &[(&str, &str)] = &[
     ("net/ipv4/conf/default/rp_filter", "0"),
 ];
 
-/// Creates the underlay namespace with its bridge (up).
-pub fn create_underlay(netns_name: &str) -> Result<Netns> {
+/// The "outside" host: the underlay namespace itself, holding the last usable underlay
+/// address on its bridge. It stands for a machine on the node network that is not part of
+/// the cluster (a NodePort/ExternalIP client).
+pub fn outside_ip(underlay: Ipv4Net) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(underlay.broadcast()).saturating_sub(1))
+}
+
+/// Creates the underlay namespace with its bridge (up), addressed as the outside host.
+pub fn create_underlay(netns_name: &str, underlay_net: Ipv4Net) -> Result<Netns> {
     let ns =
         Netns::create(netns_name).map_err(net(format!("create network namespace {netns_name}")))?;
     let h = NetHandle::new(&ns).map_err(net(format!("open netlink in {netns_name}")))?;
@@ -25,6 +32,12 @@ pub fn create_underlay(netns_name: &str) -> Result<Netns> {
     )))?;
     h.set_up(names::BRIDGE)
         .map_err(net(format!("set {} up in {netns_name}", names::BRIDGE)))?;
+    let outside =
+        Ipv4Net::new(outside_ip(underlay_net), underlay_net.prefix_len()).unwrap_or(underlay_net);
+    h.add_address(names::BRIDGE, outside).map_err(net(format!(
+        "add {outside} to {} in {netns_name}",
+        names::BRIDGE
+    )))?;
     Ok(ns)
 }
 

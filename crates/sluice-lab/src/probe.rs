@@ -43,12 +43,17 @@ pub fn udp_echo(addr: SocketAddr, payload: &[u8], timeout: Duration) -> io::Resu
     Ok(buf)
 }
 
-/// `GET /` and returns the body of a 200 answer.
+/// `GET /` and returns the body of a 200 answer (a lab pod answers with its name).
 pub fn http_get(addr: SocketAddr, timeout: Duration) -> io::Result<String> {
+    http_get_path(addr, "/", timeout)
+}
+
+/// `GET path` and returns the body of a 200 answer (`/client`: the address the pod saw).
+pub fn http_get_path(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<String> {
     let mut s = connect(addr, timeout)?;
     write!(
         s,
-        "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;

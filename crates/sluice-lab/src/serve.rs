@@ -1,6 +1,7 @@
 //! What a lab pod runs (`sluice lab serve`): TCP servers that answer HTTP requests with the
-//! pod's name and echo anything else, and UDP servers that echo datagrams (`whoami` gets the
-//! pod's name).
+//! pod's name (`GET /client` with the address the request came from, to check source-IP
+//! preservation) and echo anything else, and UDP servers that echo datagrams (`whoami` gets
+//! the pod's name).
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -115,7 +116,16 @@ fn handle_tcp(mut stream: TcpStream, pod: &str) -> io::Result<()> {
             }
             head.extend_from_slice(&buf[..n]);
         }
-        let body = format!("{pod}\n");
+        let path = head
+            .split(|b| *b == b' ')
+            .nth(1)
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        let body = if path == "/client" {
+            format!("{}\n", stream.peer_addr()?.ip())
+        } else {
+            format!("{pod}\n")
+        };
         let answer = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
@@ -194,6 +204,10 @@ mod tests {
         std::thread::spawn(move || serve_udp(udp, "x/a"));
         let t = Duration::from_secs(5);
         assert_eq!(probe::http_get(ta, t).unwrap(), "x/a\n");
+        assert_eq!(
+            probe::http_get_path(ta, "/client", t).unwrap(),
+            "127.0.0.1\n"
+        );
         assert_eq!(
             probe::tcp_echo(ta, b"hello there", t).unwrap(),
             b"hello there"

@@ -141,7 +141,7 @@ fn build(
         state.underlay,
         state.nodes.len()
     ));
-    let underlay = network::create_underlay(&state.underlay_netns)?;
+    let underlay = network::create_underlay(&state.underlay_netns, state.underlay)?;
     for (i, node) in cluster.nodes.iter().enumerate() {
         let netns = &state.nodes[i].netns;
         network::create_node(&underlay, state.underlay, i, node, netns)?;

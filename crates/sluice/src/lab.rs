@@ -72,10 +72,14 @@ pub struct ExecArgs {
     #[arg(long)]
     lab: Option<String>,
     /// Run in this node's namespace instead of a pod's.
-    #[arg(long, conflicts_with = "pod")]
+    #[arg(long, conflicts_with_all = ["pod", "outside"])]
     node: Option<String>,
+    /// Run on the outside host: a machine on the node network that is not part of the
+    /// cluster (the underlay namespace, holding the underlay's last address).
+    #[arg(long, conflicts_with = "pod")]
+    outside: bool,
     /// NAMESPACE/POD (or POD in `default`).
-    #[arg(required_unless_present = "node")]
+    #[arg(required_unless_present_any = ["node", "outside"])]
     pod: Option<String>,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true)]
@@ -176,9 +180,10 @@ fn exec(args: ExecArgs) -> anyhow::Result<i32> {
         bail!("exec: no command given after --")
     };
     let mut cmd = match (&args.node, &args.pod) {
+        _ if args.outside => lab.command_outside(program)?,
         (Some(node), _) => lab.command_in_node(node, program)?,
         (None, Some(pod)) => lab.command_in_pod(pod, program)?,
-        (None, None) => bail!("exec: name a pod (NAMESPACE/POD) or --node NODE"),
+        (None, None) => bail!("exec: name a pod (NAMESPACE/POD), --node NODE or --outside"),
     };
     let status = cmd
         .args(rest)

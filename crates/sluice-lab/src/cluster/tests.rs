@@ -166,7 +166,7 @@ fn underlay_too_small() {
     let three = HEAD.to_string() + "    - { name: node-c, podCIDR: 10.10.2.0/24 }\n";
     assert_problem(
         &three.replace("routing: native", "underlay: 172.16.0.0/30"),
-        &["spec.underlay", "room for 2", "3"],
+        &["spec.underlay", "room for 1", "3"],
     );
 }
 

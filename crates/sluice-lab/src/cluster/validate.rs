@@ -198,7 +198,8 @@ fn nodes(
         p.push("spec.nodes: the cluster needs at least one node".into());
     }
     if let Some(u) = underlay {
-        let room = u.hosts().count();
+        // The last host address belongs to the outside host (see network::outside_ip).
+        let room = u.hosts().count().saturating_sub(1);
         if specs.len() > room {
             p.push(format!(
                 "spec.underlay: {underlay_text:?} has room for {room} nodes, spec.nodes has {}",
