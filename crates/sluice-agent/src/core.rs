@@ -57,6 +57,8 @@ pub struct Core {
     pub(crate) service_problems: Vec<String>,
     pub(crate) started: Instant,
     pub(crate) lb: crate::services::LbState,
+    /// The service maps match `desired` (so the next change may be applied incrementally).
+    pub(crate) services_synced: bool,
     /// Kept so the programs stay loaded while the process runs (the links are pinned anyway).
     pub(crate) sock_lb: Option<sluice_datapath::socklb::SockLb>,
 }
@@ -117,12 +119,13 @@ impl Core {
             tracing::warn!(problem = %p, "desired state");
         }
         self.source_problems = problems;
-        self.desired = desired;
+        let old = std::mem::replace(&mut self.desired, desired);
         self.reconcile_nodes();
-        self.reconcile_services();
+        self.reconcile_services(self.services_synced.then_some(&old));
     }
 
-    fn reconcile_services(&mut self) {
+    /// `old`: the state the maps were last reconciled to, when they were.
+    fn reconcile_services(&mut self, old: Option<&DesiredState>) {
         // NodePorts and Local traffic policies need to know which node this is.
         let Some(node) = &self.node else { return };
         let view = sluice_model::lb::NodeView {
@@ -131,7 +134,10 @@ impl Core {
         };
         let started = Instant::now();
         self.service_problems.clear();
-        match self.lb.reconcile(&mut self.dp, &self.desired, view) {
+        let result = self.lb.reconcile(&mut self.dp, old, &self.desired, view);
+        // A failed pass may have left the maps between states: the next one starts over.
+        self.services_synced = result.is_ok();
+        match result {
             Ok((0, 0, 0)) => {}
             Ok((added, removed, changed)) => tracing::info!(
                 added,

@@ -114,6 +114,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     service_problems: Vec::new(),
                     started: Instant::now(),
                     lb,
+                    services_synced: false,
                     sock_lb,
                 };
                 let stale = core

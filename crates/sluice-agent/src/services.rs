@@ -9,7 +9,9 @@ use sluice_datapath::abi::{
     ip_from_be, ip_to_be, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, SVC_AFFINITY, SVC_EXTERNAL,
 };
 use sluice_datapath::Datapath;
-use sluice_model::lb::{lb_entries, Frontend, FrontendOrigin, LbEntry, NodeView};
+use sluice_model::lb::{
+    affected_services, lb_entries, lb_entries_for, Frontend, FrontendOrigin, LbEntry, NodeView,
+};
 use sluice_model::{diff_maps, DesiredState, Protocol};
 
 type BackendAddr = (Ipv4Addr, u16, Protocol);
@@ -52,6 +54,10 @@ pub struct LbState {
     backend_ids: Ids,
     rev_nat_ids: Ids,
     origins: BTreeMap<Frontend, FrontendOrigin>,
+    /// "namespace/name" -> its frontends, so a change to one service finds its frontends.
+    by_service: BTreeMap<String, std::collections::BTreeSet<Frontend>>,
+    /// The node the frontends were computed for; a change means recomputing everything.
+    node: Option<(String, Ipv4Addr)>,
 }
 
 fn protocol(number: u8) -> Option<Protocol> {
@@ -177,21 +183,60 @@ impl LbState {
     }
 
     /// Brings the maps to `state`'s frontends; returns (added, removed, changed).
+    /// Brings the maps to `new`'s frontends; returns (added, removed, changed) frontends.
+    /// With the previous state `old` and the same node, only services whose frontends may
+    /// have changed are recomputed and compared; otherwise everything is.
     pub fn reconcile(
         &mut self,
         dp: &mut Datapath,
-        state: &DesiredState,
+        old: Option<&DesiredState>,
+        new: &DesiredState,
         node: NodeView,
     ) -> Result<(usize, usize, usize), String> {
-        let desired = lb_entries(state, Some(node));
-        let current: BTreeMap<Frontend, LbEntry> = self
-            .programmed
-            .iter()
-            .map(|(f, p)| (*f, p.entry.clone()))
-            .collect();
+        let node_key = (node.name.to_string(), node.address);
+        let incremental = old.filter(|_| self.node.as_ref() == Some(&node_key));
+        self.node = Some(node_key);
+        let (desired, current) = match incremental {
+            Some(old) => {
+                let scope = affected_services(old, new);
+                let desired = lb_entries_for(
+                    new,
+                    Some(node),
+                    scope.iter().filter_map(|k| new.services.get(k)),
+                );
+                let current: BTreeMap<Frontend, LbEntry> = scope
+                    .iter()
+                    .filter_map(|svc| self.by_service.get(svc))
+                    .flatten()
+                    .filter_map(|f| self.programmed.get(f).map(|p| (*f, p.entry.clone())))
+                    .collect();
+                for svc in &scope {
+                    for f in self.by_service.remove(svc).unwrap_or_default() {
+                        self.origins.remove(&f);
+                    }
+                }
+                (desired, current)
+            }
+            None => {
+                self.origins.clear();
+                self.by_service.clear();
+                let current = self
+                    .programmed
+                    .iter()
+                    .map(|(f, p)| (*f, p.entry.clone()))
+                    .collect();
+                (lb_entries(new, Some(node)), current)
+            }
+        };
         let wanted: BTreeMap<Frontend, LbEntry> =
             desired.iter().map(|(f, (e, _))| (*f, e.clone())).collect();
-        self.origins = desired.into_iter().map(|(f, (_, o))| (f, o)).collect();
+        for (f, (_, origin)) in desired {
+            self.by_service
+                .entry(origin.service.clone())
+                .or_default()
+                .insert(f);
+            self.origins.insert(f, origin);
+        }
         let diff = diff_maps(&current, &wanted);
         let counts = (diff.added.len(), diff.removed.len(), diff.changed.len());
         let removed: Vec<Frontend> = diff.removed.iter().map(|(f, _)| **f).collect();

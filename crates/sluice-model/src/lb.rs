@@ -1,7 +1,7 @@
 //! What the datapath's load balancer should hold: one entry per service frontend
 //! (address, port, protocol) with its usable backends. Derived from the desired state only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use crate::service::{
@@ -50,13 +50,26 @@ pub fn lb_entries(
     state: &DesiredState,
     node: Option<NodeView>,
 ) -> BTreeMap<Frontend, (LbEntry, FrontendOrigin)> {
+    lb_entries_for(state, node, state.services.values())
+}
+
+/// The frontends of just `services` (an incremental reconcile recomputes only those).
+pub fn lb_entries_for<'a>(
+    state: &DesiredState,
+    node: Option<NodeView>,
+    services: impl IntoIterator<Item = &'a ServiceInfo>,
+) -> BTreeMap<Frontend, (LbEntry, FrontendOrigin)> {
     let mut out = BTreeMap::new();
-    for svc in state.services.values() {
+    for svc in services {
         let Some(cluster_ip) = svc.cluster_ip else {
             continue;
         };
+        let candidates = match &svc.selector {
+            Some(selector) => state.selected_pods(&svc.namespace, selector),
+            None => Vec::new(),
+        };
         for port in &svc.ports {
-            let all = backends_for(svc, port, &state.pods);
+            let all = backends_for(svc, port, candidates.iter().copied());
             let mut add =
                 |address: Ipv4Addr, port_number: u16, kind: &'static str, external: bool| {
                     let local_only = if external {
@@ -94,6 +107,41 @@ pub fn lb_entries(
                 for ip in &svc.load_balancer_ips {
                     add(*ip, port.port, "LoadBalancer", true);
                 }
+            }
+        }
+    }
+    out
+}
+
+/// Services whose frontends may differ between `old` and `new`: services that changed, and
+/// the services in a changed pod's namespace whose selector matched it before or matches it
+/// now. Recomputing only these gives the same frontends as recomputing everything.
+pub fn affected_services(old: &DesiredState, new: &DesiredState) -> BTreeSet<String> {
+    let services = crate::diff_maps(&old.services, &new.services);
+    let mut out: BTreeSet<String> = services
+        .added
+        .iter()
+        .map(|(k, _)| (*k).clone())
+        .chain(services.removed.iter().map(|(k, _)| (*k).clone()))
+        .chain(services.changed.iter().map(|(k, _, _)| (*k).clone()))
+        .collect();
+    let pods = crate::diff_maps(&old.pods, &new.pods);
+    let touched = pods
+        .added
+        .iter()
+        .map(|(_, p)| *p)
+        .chain(pods.removed.iter().map(|(_, p)| *p))
+        .chain(pods.changed.iter().flat_map(|(_, a, b)| [*a, *b]));
+    for pod in touched {
+        // Keys are "namespace/name": the services of one namespace are one range.
+        let from = format!("{}/", pod.namespace);
+        let to = format!("{}0", pod.namespace);
+        for (key, svc) in new.services.range(from..to) {
+            let matches = svc.selector.as_ref().is_some_and(|sel| {
+                !sel.is_empty() && sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+            });
+            if matches {
+                out.insert(key.clone());
             }
         }
     }
@@ -247,5 +295,82 @@ status: {phase: Running, podIP: 10.0.1.2}
         }
         // Without a node (not known yet) there are no NodePorts.
         assert_eq!(lb_entries(&state, None).len(), 3);
+    }
+}
+
+#[cfg(test)]
+mod incremental_tests {
+    use super::*;
+    use crate::manifest::parse_manifests;
+    use proptest::prelude::*;
+
+    /// A small cluster from choices: services select on `app`, pods carry an `app` label,
+    /// everything in two namespaces.
+    fn state(services: &[(u8, u8, bool)], pods: &[(u8, u8, u8, bool)]) -> DesiredState {
+        let mut text = String::new();
+        for (i, (ns, app, local)) in services.iter().enumerate() {
+            text += &format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: n{ns}}}\nspec: {{clusterIP: 10.96.0.{}, internalTrafficPolicy: {}, selector: {{app: a{app}}}, ports: [{{port: 80}}]}}\n---\n",
+                i + 1,
+                if *local { "Local" } else { "Cluster" }
+            );
+        }
+        for (i, (ns, app, node, ready)) in pods.iter().enumerate() {
+            text += &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: n{ns}, labels: {{app: a{app}}}}}\nspec: {{nodeName: node{node}}}\nstatus: {{phase: {}, podIP: 10.0.0.{}}}\n---\n",
+                if *ready { "Running" } else { "Pending" },
+                i + 1
+            );
+        }
+        DesiredState::build(&parse_manifests("t", &text).unwrap()).0
+    }
+
+    fn services() -> impl Strategy<Value = Vec<(u8, u8, bool)>> {
+        proptest::collection::vec((0u8..2, 0u8..3, any::<bool>()), 0..5)
+    }
+    fn pods() -> impl Strategy<Value = Vec<(u8, u8, u8, bool)>> {
+        proptest::collection::vec((0u8..2, 0u8..3, 0u8..2, any::<bool>()), 0..8)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Old frontends with the affected services' frontends swapped for their new ones
+        /// equal a full recomputation of the new state.
+        #[test]
+        fn recomputing_only_affected_services_equals_a_full_rebuild(
+            s1 in services(), p1 in pods(), s2 in services(), p2 in pods(),
+        ) {
+            let node = Some(NodeView { name: "node0", address: Ipv4Addr::new(192, 168, 0, 1) });
+            let (old, new) = (state(&s1, &p1), state(&s2, &p2));
+            let affected = affected_services(&old, &new);
+            let mut patched = lb_entries(&old, node);
+            patched.retain(|_, (_, origin)| !affected.contains(&origin.service));
+            let changed = affected.iter().filter_map(|k| new.services.get(k));
+            patched.extend(lb_entries_for(&new, node, changed));
+            prop_assert_eq!(patched, lb_entries(&new, node));
+        }
+    }
+
+    #[test]
+    fn an_unrelated_pod_change_affects_nothing() {
+        let old = state(
+            &[(0, 0, false), (0, 1, false)],
+            &[(0, 0, 0, true), (0, 2, 0, true)],
+        );
+        let new = state(
+            &[(0, 0, false), (0, 1, false)],
+            &[(0, 0, 0, true), (0, 2, 1, false)],
+        );
+        assert!(affected_services(&old, &new).is_empty());
+        let relabeled = state(
+            &[(0, 0, false), (0, 1, false)],
+            &[(0, 1, 0, true), (0, 2, 0, true)],
+        );
+        let affected = affected_services(&old, &relabeled);
+        assert_eq!(
+            affected.into_iter().collect::<Vec<_>>(),
+            vec!["n0/s0".to_string(), "n0/s1".to_string()]
+        );
     }
 }

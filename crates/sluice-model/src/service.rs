@@ -276,16 +276,16 @@ pub struct Backend {
 /// What the endpoint-slice controller would publish for `port` of `svc`: pods in the service's
 /// namespace whose labels match the selector, that have an IP, and (for a named target port)
 /// declare that port with the same protocol. Sorted by IP.
-pub fn backends_for(
+pub fn backends_for<'a>(
     svc: &ServiceInfo,
     port: &ServicePortInfo,
-    pods: &BTreeMap<String, PodInfo>,
+    candidates: impl IntoIterator<Item = &'a PodInfo>,
 ) -> Vec<Backend> {
     let Some(selector) = &svc.selector else {
         return Vec::new();
     };
-    let mut out: Vec<Backend> = pods
-        .values()
+    let mut out: Vec<Backend> = candidates
+        .into_iter()
         .filter(|p| p.namespace == svc.namespace)
         .filter(|p| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
         .filter_map(|p| {
@@ -469,7 +469,7 @@ mod tests {
                 ),
             ),
         ]);
-        let b = backends_for(&s, &s.ports[0], &pods);
+        let b = backends_for(&s, &s.ports[0], pods.values());
         let got: Vec<(Ipv4Addr, u16)> = b.iter().map(|b| (b.ip, b.port)).collect();
         assert_eq!(
             got,

@@ -1,7 +1,7 @@
 //! The desired state assembled from objects, with the cross-object checks no single object can
 //! make (overlapping pod CIDRs, duplicate names).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use crate::manifest::Object;
@@ -39,6 +39,8 @@ pub struct DesiredState {
     pub pods: BTreeMap<String, PodInfo>,
     /// "namespace/name" -> service.
     pub services: BTreeMap<String, ServiceInfo>,
+    /// (namespace, label key, label value) -> pod keys: selectors look up instead of scanning.
+    by_label: BTreeMap<(String, String, String), BTreeSet<String>>,
 }
 
 impl DesiredState {
@@ -79,6 +81,15 @@ impl DesiredState {
                 Object::Other { .. } => {}
             }
         }
+        for (key, pod) in &state.pods {
+            for (k, v) in &pod.labels {
+                state
+                    .by_label
+                    .entry((pod.namespace.clone(), k.clone(), v.clone()))
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
         // Deterministic winner on conflicts: the node whose name sorts first.
         nodes.sort();
         for node in nodes {
@@ -102,6 +113,34 @@ impl DesiredState {
             state.nodes.insert(node.name.clone(), node);
         }
         (state, problems)
+    }
+}
+
+impl DesiredState {
+    /// Pods of `namespace` whose labels match every pair of `selector` (an empty selector
+    /// matches nothing: a service without selector has its endpoints managed elsewhere).
+    /// Cost follows the rarest label of the selector, not the number of pods.
+    pub fn selected_pods(
+        &self,
+        namespace: &str,
+        selector: &BTreeMap<String, String>,
+    ) -> Vec<&PodInfo> {
+        let sets: Option<Vec<&BTreeSet<String>>> = selector
+            .iter()
+            .map(|(k, v)| {
+                self.by_label
+                    .get(&(namespace.to_string(), k.clone(), v.clone()))
+            })
+            .collect();
+        let Some(sets) = sets else { return Vec::new() };
+        let Some(smallest) = sets.iter().min_by_key(|s| s.len()) else {
+            return Vec::new();
+        };
+        smallest
+            .iter()
+            .filter(|key| sets.iter().all(|s| s.contains(*key)))
+            .filter_map(|key| self.pods.get(key))
+            .collect()
     }
 }
 
