@@ -25,11 +25,24 @@ pub enum ManifestError {
     },
 }
 
+/// The parser's default budget (1024 documents per file) guards against document storms in
+/// config files; a manifest file may legitimately hold tens of thousands of objects. Alias
+/// and depth limits stay at their defaults.
+fn large_files() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = 1 << 20;
+    budget.max_nodes = 64 << 20;
+    budget.max_events = 256 << 20;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
 /// Parses every document of `text`; `origin` (a file name) prefixes error messages.
 /// Empty documents are skipped.
 pub fn parse_manifests(origin: &str, text: &str) -> Result<Vec<Object>, ManifestError> {
-    let docs: Vec<Option<Value>> =
-        serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml {
+    let docs: Vec<Option<Value>> = serde_saphyr::from_multiple_with_options(text, large_files())
+        .map_err(|e| ManifestError::Yaml {
             origin: origin.into(),
             message: e.to_string(),
         })?;
@@ -103,6 +116,14 @@ metadata: { name: ignored }
             matches!(&objects[2], Object::Pod(p) if p.spec.as_ref().unwrap().node_name.as_deref() == Some("node-a"))
         );
         assert!(matches!(&objects[3], Object::Other { kind, .. } if kind == "Deployment"));
+    }
+
+    #[test]
+    fn a_file_may_hold_many_objects() {
+        let text: String = (0..3000)
+            .map(|i| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: n{i}}}\n---\n"))
+            .collect();
+        assert_eq!(parse_manifests("big.yaml", &text).unwrap().len(), 3000);
     }
 
     #[test]
