@@ -23,7 +23,41 @@ static __always_inline struct lb4_service *lb4_lookup_slot(__u32 addr, __u16 por
 	return bpf_map_lookup_elem(&sluice_lb4_svc, &key);
 }
 
-/* A backend for a new connection: the remembered one under ClientIP affinity, else random. */
+/* A 32-bit mix of the flow's 5-tuple; the same on every node, so every node's Maglev
+ * table lookup picks the same backend for the same flow. */
+static __always_inline __u32 flow_hash(__u32 saddr, __u32 daddr, const struct l4_tuple *t)
+{
+	__u32 h = saddr * 0x9e3779b1u;
+	h ^= daddr + 0x7f4a7c15u + (h << 6) + (h >> 2);
+	h ^= (((__u32)t->sport << 16) | t->dport) + 0x7f4a7c15u + (h << 6) + (h >> 2);
+	h ^= t->proto + 0x7f4a7c15u + (h << 6) + (h >> 2);
+	/* murmur3 finaliser */
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	h ^= h >> 16;
+	return h;
+}
+
+/* The backend the service's Maglev table holds for this flow, if it has a table. */
+static __always_inline int lb4_maglev(__u32 saddr, __u32 daddr, const struct l4_tuple *t,
+				      const struct lb4_service *svc, __u32 *backend_id)
+{
+	struct datapath_config *cfg = datapath_config();
+	void *table = bpf_map_lookup_elem(&sluice_maglev, &svc->rev_nat_id);
+	if (!cfg || !table || cfg->maglev_size == 0)
+		return -1;
+	__u32 index = flow_hash(saddr, daddr, t) % cfg->maglev_size;
+	__u32 *id = bpf_map_lookup_elem(table, &index);
+	if (!id)
+		return -1;
+	*backend_id = *id;
+	return 0;
+}
+
+/* A backend for a new connection: the remembered one under ClientIP affinity, the Maglev
+ * choice for external services, else random. */
 static __always_inline struct lb4_backend *lb4_select(__u32 client, __u32 vip, const struct l4_tuple *t,
 						       const struct lb4_service *svc, __u32 *backend_id)
 {
@@ -41,16 +75,20 @@ static __always_inline struct lb4_backend *lb4_select(__u32 client, __u32 vip, c
 			}
 		}
 	}
-	__u16 slot = (bpf_get_prandom_u32() % svc->count) + 1;
-	struct lb4_service *entry = lb4_lookup_slot(vip, t->dport, t->proto, slot);
-	if (!entry)
-		return 0;
-	struct lb4_backend *be = bpf_map_lookup_elem(&sluice_lb4_be, &entry->backend_id);
+	__u32 chosen = 0;
+	if (!(svc->flags & SLUICE_SVC_MAGLEV) || lb4_maglev(client, vip, t, svc, &chosen)) {
+		__u16 slot = (bpf_get_prandom_u32() % svc->count) + 1;
+		struct lb4_service *entry = lb4_lookup_slot(vip, t->dport, t->proto, slot);
+		if (!entry)
+			return 0;
+		chosen = entry->backend_id;
+	}
+	struct lb4_backend *be = bpf_map_lookup_elem(&sluice_lb4_be, &chosen);
 	if (!be)
 		return 0;
-	*backend_id = entry->backend_id;
+	*backend_id = chosen;
 	if (svc->flags & SLUICE_SVC_AFFINITY) {
-		struct lb4_affinity a = { .last_used_ns = now, .backend_id = entry->backend_id };
+		struct lb4_affinity a = { .last_used_ns = now, .backend_id = chosen };
 		bpf_map_update_elem(&sluice_lb4_aff, &akey, &a, BPF_ANY);
 	}
 	return be;

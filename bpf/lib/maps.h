@@ -98,4 +98,21 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_sock_rnat SEC(".maps");
 
+/* The template of a Maglev table; BPF_F_INNER_MAP lets tables of another size be stored. */
+struct maglev_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+	__uint(max_entries, SLUICE_MAGLEV_DEFAULT_SIZE);
+	__uint(map_flags, BPF_F_INNER_MAP);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u32);  /* rev_nat_id of the frontend */
+	__uint(max_entries, SLUICE_MAX_MAGLEV_SERVICES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct maglev_table);
+} sluice_maglev SEC(".maps");
+
 #endif /* SLUICE_MAPS_H */

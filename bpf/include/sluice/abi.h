@@ -54,6 +54,12 @@
 /* lb4_service.flags */
 #define SLUICE_SVC_AFFINITY 0x1    /* sessionAffinity: ClientIP */
 #define SLUICE_SVC_EXTERNAL 0x2    /* NodePort/ExternalIP/LoadBalancer: also translated at the uplink */
+#define SLUICE_SVC_MAGLEV 0x4      /* new connections pick from the service's Maglev table */
+
+/* Maglev tables: one array per service (sluice_maglev, keyed by rev_nat_id) of this many
+ * backend ids (a prime); the agent may create them with another size, given here. */
+#define SLUICE_MAGLEV_DEFAULT_SIZE 16381
+#define SLUICE_MAX_MAGLEV_SERVICES 8192
 
 /*
  * Hairpin: a pod reaching itself through a service. Its packets get this source so they
@@ -102,6 +108,8 @@ struct datapath_config {
 	__u16 reserved;
 	__u32 node_ip;
 	__u32 vni;
+	__u32 maglev_size;  /* entries of every Maglev table */
+	__u32 pad;
 };
 
 /* Per-CPU counters by where and what happened. */

@@ -32,6 +32,13 @@ pub fn load_config(path: &Path) -> anyhow::Result<AgentConfig> {
     if cfg.node_name.is_empty() {
         bail!("{}: nodeName must not be empty", path.display());
     }
+    if !sluice_model::maglev::is_prime(cfg.maglev_table_size) || cfg.maglev_table_size > 1 << 20 {
+        bail!(
+            "{}: maglevTableSize: {} is not a prime up to 1048576 (the default is 16381)",
+            path.display(),
+            cfg.maglev_table_size
+        );
+    }
     if let Some(mtu) = cfg.underlay_mtu {
         if !(1280..=65535).contains(&mtu) {
             bail!(
@@ -92,7 +99,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     }
                     None
                 };
-                let lb = services::LbState::load(&dp)
+                let lb = services::LbState::load(&dp, core_cfg.maglev_table_size)
                     .map_err(|e| anyhow::anyhow!("reading service maps: {e}"))?;
                 let mut core = Core {
                     cfg: core_cfg,

@@ -104,6 +104,7 @@ impl Core {
             routing_mode: ROUTING_NATIVE,
             node_ip: ip_to_be(node.info.address),
             vni: VNI,
+            maglev_size: self.cfg.maglev_table_size,
             ..Default::default()
         };
         if self.cfg.routing == RoutingMode::Vxlan {

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use sluice_datapath::abi::{
     ip_from_be, ip_to_be, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, SVC_AFFINITY, SVC_EXTERNAL,
+    SVC_MAGLEV,
 };
 use sluice_datapath::Datapath;
 use sluice_model::lb::{
@@ -56,6 +57,8 @@ pub struct LbState {
     origins: BTreeMap<Frontend, FrontendOrigin>,
     /// "namespace/name" -> its frontends, so a change to one service finds its frontends.
     by_service: BTreeMap<String, std::collections::BTreeSet<Frontend>>,
+    /// Entries of each Maglev table.
+    maglev_size: u32,
     /// The node the frontends were computed for; a change means recomputing everything.
     node: Option<(String, Ipv4Addr)>,
 }
@@ -81,8 +84,11 @@ fn slot_key(f: &Frontend, slot: u16) -> Lb4Key {
 
 impl LbState {
     /// Reads what a previous run programmed.
-    pub fn load(dp: &Datapath) -> Result<Self, String> {
-        let mut state = LbState::default();
+    pub fn load(dp: &Datapath, maglev_size: u32) -> Result<Self, String> {
+        let mut state = LbState {
+            maglev_size,
+            ..Default::default()
+        };
         let lb = dp.lb_ref();
         let mut by_id: BTreeMap<u32, BackendAddr> = BTreeMap::new();
         for (id, b) in lb.backends().map_err(|e| e.to_string())? {
@@ -321,6 +327,24 @@ impl LbState {
                 )
                 .map_err(|e| e.to_string())?;
         }
+        // External frontends choose by Maglev so every node sends a flow to the same backend;
+        // the table is built whole and swapped in atomically.
+        let maglev = entry.external && !ids.is_empty();
+        if maglev {
+            let names: Vec<String> = entry
+                .backends
+                .iter()
+                .map(|(a, p)| format!("{a}:{p}"))
+                .collect();
+            let table: Vec<u32> = sluice_model::maglev::table(&names, self.maglev_size)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|i| ids[i as usize])
+                .collect();
+            dp.lb()
+                .set_maglev(rev_nat_id, &table)
+                .map_err(|e| e.to_string())?;
+        }
         let head = Lb4Service {
             backend_id: 0,
             count: ids.len() as u16,
@@ -328,13 +352,19 @@ impl LbState {
                 SVC_AFFINITY
             } else {
                 0
-            } | if entry.external { SVC_EXTERNAL } else { 0 },
+            } | if entry.external { SVC_EXTERNAL } else { 0 }
+                | if maglev { SVC_MAGLEV } else { 0 },
             rev_nat_id,
             affinity_timeout: entry.affinity_timeout.unwrap_or(0),
         };
         dp.lb()
             .set_slot(slot_key(&f, 0), head)
             .map_err(|e| e.to_string())?;
+        if !maglev {
+            dp.lb()
+                .remove_maglev(rev_nat_id)
+                .map_err(|e| e.to_string())?;
+        }
         if let Some(old) = old {
             for slot in ids.len() + 1..=old.backend_ids.len() {
                 dp.lb()
@@ -371,6 +401,9 @@ impl LbState {
         for id in old.backend_ids {
             self.release_backend(dp, id)?;
         }
+        dp.lb()
+            .remove_maglev(old.rev_nat_id)
+            .map_err(|e| e.to_string())?;
         dp.lb()
             .remove_revnat(old.rev_nat_id)
             .map_err(|e| e.to_string())?;

@@ -77,10 +77,17 @@ pub struct AgentConfig {
     /// Translate service frontends at connect()/sendmsg() (cgroup v2 socket-LB).
     #[serde(default = "default_true")]
     pub socket_lb: bool,
+    /// Entries of each Maglev table (NodePort/ExternalIP/LoadBalancer backend choice); a prime.
+    #[serde(default = "default_maglev_size")]
+    pub maglev_table_size: u32,
     /// The cgroup v2 directory socket-LB attaches to (it covers every process below it).
     /// Default: the root of the first cgroup2 mount.
     #[serde(default)]
     pub cgroup_path: Option<PathBuf>,
+}
+
+fn default_maglev_size() -> u32 {
+    16381
 }
 
 fn default_true() -> bool {

@@ -31,6 +31,8 @@ pub const OUTCOME_ROUTED: u8 = 7;
 
 pub const SVC_AFFINITY: u16 = 0x1;
 pub const SVC_EXTERNAL: u16 = 0x2;
+pub const SVC_MAGLEV: u16 = 0x4;
+pub const MAGLEV_DEFAULT_SIZE: u32 = 16381;
 
 /// Source given to a pod's packets when it reaches itself through a service.
 pub const HAIRPIN_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 42, 1);
@@ -87,6 +89,8 @@ pub struct DatapathConfig {
     pub reserved: u16,
     pub node_ip: u32,
     pub vni: u32,
+    pub maglev_size: u32,
+    pub pad: u32,
 }
 
 #[repr(C)]
@@ -199,9 +203,11 @@ unsafe impl aya::Pod for Ct4Entry {}
 unsafe impl aya::Pod for Lb4AffinityKey {}
 unsafe impl aya::Pod for Lb4Affinity {}
 
-/// (C struct name, Rust size, [(field, offset, size)]) for every shared struct: what the layout
-/// test compares against the objects' BTF.
-pub fn layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize, usize)>)> {
+/// One shared struct's layout: (C struct name, size, [(field, offset, size)]).
+pub type Layout = (&'static str, usize, Vec<(&'static str, usize, usize)>);
+
+/// Every shared struct's layout: what the layout test compares against the objects' BTF.
+pub fn layouts() -> Vec<Layout> {
     macro_rules! layout {
         ($c:literal, $t:ty, [$($f:ident),*]) => {
             ($c, std::mem::size_of::<$t>(), vec![$((
@@ -232,7 +238,9 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize, usize)>)
                 vxlan_mac,
                 reserved,
                 node_ip,
-                vni
+                vni,
+                maglev_size,
+                pad
             ]
         ),
         layout!("metrics_key", MetricsKey, [point, outcome, reason]),

@@ -68,22 +68,8 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
 
 pub fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::kernel_at_least;
-
-    #[test]
-    fn kernel_versions_compare_numerically() {
-        assert!(kernel_at_least("6.18.44-fc-v445", 6, 6));
-        assert!(kernel_at_least("6.6.0", 6, 6));
-        assert!(!kernel_at_least("6.5.13-generic", 6, 6));
-        assert!(!kernel_at_least("5.15.0", 6, 6));
-        assert!(!kernel_at_least("garbage", 6, 6));
-    }
 }
 
 /// The first cgroup v2 mount point, from /proc/self/mounts.
@@ -102,4 +88,18 @@ pub fn cgroup2_root() -> Result<std::path::PathBuf> {
             hint: "no cgroup v2 hierarchy is mounted; socket-LB needs one (or set socketLb: false)"
                 .into(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_at_least;
+
+    #[test]
+    fn kernel_versions_compare_numerically() {
+        assert!(kernel_at_least("6.18.44-fc-v445", 6, 6));
+        assert!(kernel_at_least("6.6.0", 6, 6));
+        assert!(!kernel_at_least("6.5.13-generic", 6, 6));
+        assert!(!kernel_at_least("5.15.0", 6, 6));
+        assert!(!kernel_at_least("garbage", 6, 6));
+    }
 }

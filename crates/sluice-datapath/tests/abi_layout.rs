@@ -22,7 +22,8 @@ fn btf_structs(object: &[u8]) -> HashMap<String, (usize, Vec<(String, usize)>)> 
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut structs = HashMap::new();
-    let mut current: Option<(String, usize, Vec<(String, usize)>)> = None;
+    type Struct = (String, usize, Vec<(String, usize)>);
+    let mut current: Option<Struct> = None;
     for line in text.lines() {
         if line.starts_with('[') {
             if let Some((name, size, fields)) = current.take() {

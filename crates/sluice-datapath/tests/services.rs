@@ -618,3 +618,112 @@ fn the_uplink_leaves_cluster_ips_and_other_traffic_alone() {
         assert_eq!((out.retval, &out.packet), (TC_ACT_OK, &packet));
     }
 }
+
+/// The datapath's flow hash (lib/lb.h), restated: the test predicts every choice from it.
+fn flow_hash(saddr: Ipv4Addr, daddr: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> u32 {
+    let (s, d) = (be(saddr), be(daddr));
+    let mix = |h: u32, v: u32| {
+        h ^ (v
+            .wrapping_add(0x7f4a7c15)
+            .wrapping_add(h << 6)
+            .wrapping_add(h >> 2))
+    };
+    let mut h = s.wrapping_mul(0x9e3779b1);
+    h = mix(h, d);
+    h = mix(h, ((sport.to_be() as u32) << 16) | dport.to_be() as u32);
+    h = mix(h, proto as u32);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85ebca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2ae35);
+    h ^ (h >> 16)
+}
+
+#[test]
+fn external_frontends_pick_backends_from_the_maglev_table() {
+    if !require_root() {
+        return;
+    }
+    const SIZE: u32 = 251;
+    let backends = [
+        (Ipv4Addr::new(10, 20, 1, 7), 21u32),
+        (Ipv4Addr::new(10, 20, 1, 8), 22),
+        (Ipv4Addr::new(10, 20, 1, 9), 23),
+    ];
+    let names: Vec<String> = backends
+        .iter()
+        .map(|(ip, _)| format!("{ip}:8080"))
+        .collect();
+    let table: Vec<u32> = sluice_model::maglev::table(&names, SIZE)
+        .unwrap()
+        .into_iter()
+        .map(|i| backends[i as usize].1)
+        .collect();
+    // Two nodes with the same table choose alike.
+    let mut nodes = [TestDatapath::load(), TestDatapath::load()];
+    for t in nodes.iter_mut() {
+        setup(t, false);
+        t.dp.set_config(sluice_datapath::DatapathConfig {
+            node_ip: be(NODE),
+            maglev_size: SIZE,
+            ..Default::default()
+        })
+        .unwrap();
+        let lb = t.dp.lb();
+        for (ip, id) in backends {
+            lb.set_backend(
+                id,
+                Lb4Backend {
+                    address: be(ip),
+                    port: 8080u16.to_be(),
+                    proto: TCP,
+                    flags: 0,
+                },
+            )
+            .unwrap();
+        }
+        lb.set_slot(
+            key(NODE, 30090, TCP, 0),
+            Lb4Service {
+                count: 3,
+                flags: SVC_EXTERNAL | SVC_MAGLEV,
+                rev_nat_id: 40,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for (slot, (_, id)) in backends.iter().enumerate() {
+            lb.set_slot(
+                key(NODE, 30090, TCP, slot as u16 + 1),
+                Lb4Service {
+                    backend_id: *id,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        }
+        lb.set_maglev(40, &table).unwrap();
+        assert_eq!(lb.maglev_slot(40, 7).unwrap(), Some(table[7]));
+    }
+    let net = NodeNetwork::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 51000..51060u16 {
+        let syn = packet(TCP, (OUTSIDE, sport), (NODE, 30090), SYN, true);
+        let expected_id = table[(flow_hash(OUTSIDE, NODE, sport, 30090, TCP) % SIZE) as usize];
+        let expected = backends
+            .iter()
+            .find(|(_, id)| *id == expected_id)
+            .unwrap()
+            .0;
+        for t in nodes.iter_mut() {
+            let out = net.run(|| run(t, sluice_datapath::FROM_NETDEV, &syn));
+            assert_eq!(
+                parse(&out.packet).dst,
+                (expected, 8080),
+                "client port {sport}"
+            );
+        }
+        seen.insert(expected);
+    }
+    assert_eq!(seen.len(), 3, "60 flows spread over all three backends");
+}

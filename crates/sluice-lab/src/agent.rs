@@ -26,7 +26,9 @@ pub fn config(state: &LabState, paths: &LabPaths, node: &str) -> AgentConfig {
         bpf_pin_path: Some(names::node_pin_dir(&state.name, node)),
         vxlan_port: 8472,
         underlay_mtu: None,
-        socket_lb: true,
+        maglev_table_size: 16381,
+        // Never the host's root cgroup: without a lab cgroup, no socket-LB.
+        socket_lb: state.cgroup_root.is_some(),
         // Socket-LB covers this node's pods only (not other nodes, labs or the host).
         cgroup_path: state
             .cgroup_root
