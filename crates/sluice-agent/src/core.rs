@@ -242,6 +242,10 @@ impl Core {
             problems,
             socket_lb: self.sock_lb.is_some()
                 && sluice_datapath::socklb::SockLb::is_attached(self.dp.pin_path()),
+            conntrack_entries: self.dp.lb_ref().conntrack_len(),
+            conntrack_max: sluice_datapath::lb::map_capacity(
+                &self.dp.pin_path().join(sluice_datapath::lb::MAP_CT),
+            ),
             services: self.lb.frontends(),
             backends: self.lb.backend_count(),
             counters,

@@ -139,6 +139,11 @@ pub struct AgentStatus {
     /// Socket-LB programs are attached (cgroup connect/sendmsg/recvmsg/getpeername).
     #[serde(default)]
     pub socket_lb: bool,
+    /// Connection-tracking map pressure: entries in use and capacity.
+    #[serde(default)]
+    pub conntrack_entries: usize,
+    #[serde(default)]
+    pub conntrack_max: u32,
     /// Service frontends and distinct backends programmed.
     #[serde(default)]
     pub services: usize,

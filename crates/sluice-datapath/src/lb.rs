@@ -26,6 +26,13 @@ pub struct LbMaps {
     pub(crate) maglev: HashOfMaps<MapData, u32>,
 }
 
+/// Capacity of the map pinned at `pin` (0 when it cannot be read).
+pub fn map_capacity(pin: &std::path::Path) -> u32 {
+    aya::maps::MapInfo::from_pin(pin)
+        .map(|i| i.max_entries())
+        .unwrap_or(0)
+}
+
 fn removed(map: &'static str, r: std::result::Result<(), MapError>) -> Result<bool> {
     match r {
         Ok(()) => Ok(true),
@@ -149,6 +156,11 @@ impl LbMaps {
         let array: Array<&mut MapData, u32> =
             Array::try_from(&mut map).map_err(map_err(MAP_MAGLEV))?;
         Ok(array.get(&index, 0).ok())
+    }
+
+    /// Entries in the conntrack map (walks its keys).
+    pub fn conntrack_len(&self) -> usize {
+        self.ct.keys().filter(|k| k.is_ok()).count()
     }
 
     pub fn conntrack(&self) -> Result<Vec<(Ct4Key, Ct4Entry)>> {

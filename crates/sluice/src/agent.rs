@@ -54,10 +54,25 @@ pub enum ServiceCommand {
         #[command(flatten)]
         agent: AgentArgs,
     },
+    /// One service's frontends and backends (NAMESPACE/NAME).
+    Get {
+        service: String,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
 }
 
 pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
-    let ServiceCommand::List { agent } = cmd;
+    let (agent, only) = match cmd {
+        ServiceCommand::List { agent } => (agent, None),
+        ServiceCommand::Get { service, agent } => {
+            if service.split('/').count() != 2 || service.starts_with('/') || service.ends_with('/')
+            {
+                bail!("service {service:?}: expected NAMESPACE/NAME");
+            }
+            (agent, Some(service))
+        }
+    };
     let client = agent.client()?;
     let services = match client.call(&Request::ListServices)? {
         Response::Services { services } => services,
@@ -66,6 +81,13 @@ pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
             client.path().display()
         ),
     };
+    let services: Vec<_> = match &only {
+        Some(key) => services.into_iter().filter(|s| &s.service == key).collect(),
+        None => services,
+    };
+    if let (Some(key), true) = (&only, services.is_empty()) {
+        bail!("service {key}: no frontends programmed on this node (unknown, headless, or ExternalName)");
+    }
     if agent.output == Format::Json {
         print_json(&services)?;
         return Ok(0);
@@ -145,6 +167,15 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
     println!(
         "Services:    {} frontends, {} backends",
         s.services, s.backends
+    );
+    let pressure = if s.conntrack_max > 0 {
+        100.0 * s.conntrack_entries as f64 / s.conntrack_max as f64
+    } else {
+        0.0
+    };
+    println!(
+        "Conntrack:   {} of {} entries ({pressure:.1}%)",
+        s.conntrack_entries, s.conntrack_max
     );
     println!(
         "Socket-LB:   {}",
