@@ -30,6 +30,14 @@ step "A ClusterIP service (x/web, 10.96.0.10) with one backend on each node"
 "$sluice" service list --lab "$lab" --node node-a
 for i in 1 2 3 4 5 6; do printf '  y/b -> 10.96.0.10:80 answered by: %s\n' "$(http y/b 10.96.0.10)"; done
 
+step "NodePort x/web-nodeport from a host outside the cluster, through each node"
+for node_ip in 192.168.50.1 192.168.50.2; do
+  for i in 1 2 3; do
+    printf '  outside -> %s:30080 answered by: %s\n' "$node_ip" \
+      "$("$sluice" lab exec --lab "$lab" --outside -- bash -c "exec 3<>/dev/tcp/$node_ip/30080 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && tail -n 1 <&3")"
+  done
+done
+
 step "BPF links on this machine (the lab's two nodes): TCX on pod veths and VXLAN devices ('type 11' in Debian's bpftool 7.1), cgroup socket-LB"
 bpftool link show | grep -E "^[0-9]+:" | sed 's/^/  /'
 
