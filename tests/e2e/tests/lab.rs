@@ -8,8 +8,46 @@ use sluice_lab::{probe, Lab, LabError, LabOptions};
 
 const NODE_PORT: u16 = 9000;
 
+/// Every pod's interface has the routing mode's MTU (the underlay's 1500, less the 50 bytes of
+/// VXLAN headers in vxlan mode), and a 256 KiB TCP echo between nodes comes back intact.
+fn mtu_and_bulk_transfer(lab: &Lab, file: &str) {
+    let want = if lab.state().routing == sluice_api::config::RoutingMode::Vxlan {
+        1450
+    } else {
+        1500
+    };
+    for pod in lab.pods() {
+        let link = sluice_netdev::NetHandle::new(&lab.pod_netns(&pod.key()).unwrap())
+            .unwrap()
+            .link_info("eth0")
+            .unwrap()
+            .expect("pod has eth0");
+        assert_eq!(link.mtu, want, "{file}: MTU of {}", pod.key());
+    }
+    let remote = lab
+        .pods()
+        .iter()
+        .find(|p| p.node != lab.pods()[0].node)
+        .expect("pods on two nodes");
+    let addr = SocketAddr::from((remote.ip.expect("pod has an IP"), 81));
+    let payload: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    let expected = payload.clone();
+    let echoed = lab
+        .run_in_pod(&lab.pods()[0].key(), move || {
+            probe::tcp_echo(addr, &payload, std::time::Duration::from_secs(10))
+        })
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{file}: bulk echo to {addr}: {e}"));
+    assert!(
+        echoed == expected,
+        "{file}: bulk echo came back altered ({} bytes)",
+        echoed.len()
+    );
+}
+
 fn reachability(file: &str) {
     let lab = up_example(file);
+    mtu_and_bulk_transfer(&lab, file);
     let m = pod_matrix(&lab);
     let failures = m.failures();
     assert!(
