@@ -129,7 +129,8 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 	int new_tcp = t->proto == IPPROTO_TCP &&
 		      (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 
-	if (ct && !new_tcp) {
+	__u64 lifetime = t->proto == IPPROTO_TCP ? SLUICE_CT_LIFETIME_TCP_NS : SLUICE_CT_LIFETIME_UDP_NS;
+	if (ct && !new_tcp && now - ct->last_seen_ns < lifetime) {
 		ct->last_seen_ns = now;
 		*new_daddr = ct->nat_address;
 		if (lb4_apply_forward(skb, t, saddr, daddr, ct)) {

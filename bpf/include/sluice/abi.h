@@ -70,6 +70,11 @@
 #define SLUICE_HAIRPIN_IP 0x012afea9U
 
 
+/* How long a tracked connection stays without packets before a new one may replace it:
+ * UDP has no close, so a client reusing its port must not stick to a backend forever. */
+#define SLUICE_CT_LIFETIME_UDP_NS (60ULL * 1000000000ULL)
+#define SLUICE_CT_LIFETIME_TCP_NS (6ULL * 3600ULL * 1000000000ULL)
+
 /* ct4_key.dir */
 #define SLUICE_CT_SERVICE 0        /* client -> frontend, as the client sent it */
 #define SLUICE_CT_REPLY 1          /* backend -> client, the reply to reverse-translate */

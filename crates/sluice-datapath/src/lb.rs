@@ -158,6 +158,10 @@ impl LbMaps {
         Ok(array.get(&index, 0).ok())
     }
 
+    pub fn set_conntrack(&mut self, key: Ct4Key, entry: Ct4Entry) -> Result<()> {
+        self.ct.insert(key, entry, 0).map_err(map_err(MAP_CT))
+    }
+
     /// Entries in the conntrack map (walks its keys).
     pub fn conntrack_len(&self) -> usize {
         self.ct.keys().filter(|k| k.is_ok()).count()

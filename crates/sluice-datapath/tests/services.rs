@@ -727,3 +727,63 @@ fn external_frontends_pick_backends_from_the_maglev_table() {
     }
     assert_eq!(seen.len(), 3, "60 flows spread over all three backends");
 }
+
+#[test]
+fn an_idle_udp_flow_is_balanced_afresh() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup(&mut t, false);
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(UDP, (CLIENT, 6000), (VIP, 53), 0, true),
+    );
+    let first = parse(&out.packet).dst;
+    // The service now has only the other backend; the flow goes quiet for longer than UDP's
+    // lifetime.
+    let other = if first.0 == LOCAL_BACKEND { 4 } else { 3 };
+    let lb = t.dp.lb();
+    lb.set_slot(
+        key(VIP, 53, UDP, 0),
+        Lb4Service {
+            count: 1,
+            rev_nat_id: 11,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    lb.set_slot(
+        key(VIP, 53, UDP, 1),
+        Lb4Service {
+            backend_id: other,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(UDP, (CLIENT, 6000), (VIP, 53), 0, true),
+    );
+    assert_eq!(
+        parse(&out.packet).dst,
+        first,
+        "a live flow keeps its backend"
+    );
+    for (k, mut e) in t.dp.lb_ref().conntrack().unwrap() {
+        e.last_seen_ns = e.last_seen_ns.saturating_sub(61_000_000_000);
+        t.dp.lb().set_conntrack(k, e).unwrap();
+    }
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(UDP, (CLIENT, 6000), (VIP, 53), 0, true),
+    );
+    assert_ne!(
+        parse(&out.packet).dst,
+        first,
+        "an idle flow is balanced again"
+    );
+}
