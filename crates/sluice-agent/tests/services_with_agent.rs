@@ -8,7 +8,7 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{pod_manifest, require_root, serve, wait_for_backends, Node};
+use common::{pod_manifest, require_root, wait_for_backends, Node};
 use sluice_api::{Client, Request, Response};
 use sluice_netdev::Netns;
 
@@ -48,22 +48,7 @@ fn cluster_ip_balances_tcp_and_udp_and_follows_label_changes() {
         return;
     }
     let mut node = Node::start("10.210.0.0/24");
-    let mut ips = Vec::new();
-    for name in ["client", "b1", "b2"] {
-        let pod = node.pod(name);
-        let (ok, result) = node.cni("ADD", name, &pod);
-        assert!(ok, "{result}");
-        ips.push((
-            pod,
-            result["ips"][0]["address"]
-                .as_str()
-                .unwrap()
-                .trim_end_matches("/32")
-                .to_string(),
-        ));
-    }
-    serve(&ips[1].0, "b1");
-    serve(&ips[2].0, "b2");
+    let ips = node.client_and_two_backends();
     let service = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: x}}\nspec:\n  clusterIP: {VIP}\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}, {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}]\n"
     );

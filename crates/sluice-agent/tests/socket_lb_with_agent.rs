@@ -15,7 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{pod_manifest, require_root, serve, wait_for_backends, Node};
+use common::{pod_manifest, require_root, wait_for_backends, Node};
 use sluice_api::{Client, Request, Response};
 use sluice_netdev::Netns;
 
@@ -111,22 +111,7 @@ fn connect_time_translation_is_invisible_to_the_application() {
         .unwrap()
         .join(format!("sluice-test-socklb-{}", std::process::id()));
     let mut node = Node::start_with("10.211.0.0/24", Some(cgroup.clone()));
-    let mut ips = Vec::new();
-    for name in ["client", "b1", "b2"] {
-        let pod = node.pod(name);
-        let (ok, result) = node.cni("ADD", name, &pod);
-        assert!(ok, "{result}");
-        ips.push((
-            pod,
-            result["ips"][0]["address"]
-                .as_str()
-                .unwrap()
-                .trim_end_matches("/32")
-                .to_string(),
-        ));
-    }
-    serve(&ips[1].0, "b1");
-    serve(&ips[2].0, "b2");
+    let ips = node.client_and_two_backends();
     let manifests = node.dir.path().join("manifests");
     let pods = pod_manifest("b1", &ips[1].1, "web") + &pod_manifest("b2", &ips[2].1, "web");
     std::fs::write(manifests.join("pods.yaml"), pods).unwrap();

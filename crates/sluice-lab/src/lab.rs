@@ -238,20 +238,7 @@ impl Lab {
 
     /// A command that runs inside the node's network namespace.
     pub fn command_in_node(&self, node: &str, program: impl AsRef<OsStr>) -> Result<Command> {
-        let netns = self
-            .node_netns(node)?
-            .open_fd()
-            .map_err(net(format!("node {node}")))?;
-        let mut cmd = Command::new(program);
-        process::place(
-            &mut cmd,
-            Placement {
-                netns,
-                cgroup_procs: None,
-                setsid: false,
-            },
-        );
-        Ok(cmd)
+        command_in_netns(&self.node_netns(node)?, &format!("node {node}"), program)
     }
 
     /// Runs `argv` in the pod and collects its output.
@@ -278,20 +265,7 @@ impl Lab {
 
     /// A command that runs on the outside host (the underlay namespace).
     pub fn command_outside(&self, program: impl AsRef<OsStr>) -> Result<Command> {
-        let netns = self
-            .outside_netns()?
-            .open_fd()
-            .map_err(net("the outside host".to_string()))?;
-        let mut cmd = Command::new(program);
-        process::place(
-            &mut cmd,
-            Placement {
-                netns,
-                cgroup_procs: None,
-                setsid: false,
-            },
-        );
-        Ok(cmd)
+        command_in_netns(&self.outside_netns()?, "the outside host", program)
     }
 
     /// Runs `f` on a thread on the outside host.
@@ -390,6 +364,21 @@ impl LabGuard {
             .expect("a guard holds its lab until dropped");
         Lab::down(lab.name())
     }
+}
+
+/// A command that enters `ns` (and no cgroup) before it runs.
+fn command_in_netns(ns: &Netns, what: &str, program: impl AsRef<OsStr>) -> Result<Command> {
+    let netns = ns.open_fd().map_err(net(what.to_string()))?;
+    let mut cmd = Command::new(program);
+    process::place(
+        &mut cmd,
+        Placement {
+            netns,
+            cgroup_procs: None,
+            setsid: false,
+        },
+    );
+    Ok(cmd)
 }
 
 impl std::ops::Deref for LabGuard {

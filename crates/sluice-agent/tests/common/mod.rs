@@ -194,6 +194,22 @@ impl Node {
         ConfList::parse(list.to_string().as_bytes()).unwrap()
     }
 
+    /// Pods "client", "b1" and "b2" attached through the plugin; b1 and b2 run `serve`.
+    /// Returns (netns path, address) of each, in that order.
+    pub fn client_and_two_backends(&mut self) -> Vec<(PathBuf, String)> {
+        let mut ips = Vec::new();
+        for name in ["client", "b1", "b2"] {
+            let pod = self.pod(name);
+            let (ok, result) = self.cni("ADD", name, &pod);
+            assert!(ok, "{result}");
+            let address = result["ips"][0]["address"].as_str().unwrap();
+            ips.push((pod, address.trim_end_matches("/32").to_string()));
+        }
+        serve(&ips[1].0, "b1");
+        serve(&ips[2].0, "b2");
+        ips
+    }
+
     pub fn endpoints(&self) -> Vec<sluice_api::Endpoint> {
         match Client::new(self.socket())
             .call(&Request::ListEndpoints)
