@@ -165,8 +165,38 @@ impl ServiceInfo {
                 None | Some(0) => None,
                 Some(n) => Some(port_number(n).map_err(|m| at(&field("nodePort"), m))?),
             };
+            let name = p.name.clone().unwrap_or_default();
+            // Two ports with one (port, protocol) would fight over one frontend.
+            if let Some(j) = ports
+                .iter()
+                .position(|q: &ServicePortInfo| q.port == port && q.protocol == protocol)
+            {
+                return Err(at(
+                    &field("port"),
+                    format!("{port}/{protocol} duplicates spec.ports[{j}]"),
+                ));
+            }
+            if let Some(j) = ports
+                .iter()
+                .position(|q: &ServicePortInfo| !name.is_empty() && q.name == name)
+            {
+                return Err(at(
+                    &field("name"),
+                    format!("{name:?} duplicates spec.ports[{j}]"),
+                ));
+            }
+            if let Some(np) = node_port {
+                if let Some(j) = ports.iter().position(|q: &ServicePortInfo| {
+                    q.node_port == Some(np) && q.protocol == protocol
+                }) {
+                    return Err(at(
+                        &field("nodePort"),
+                        format!("{np}/{protocol} duplicates spec.ports[{j}]"),
+                    ));
+                }
+            }
             ports.push(ServicePortInfo {
-                name: p.name.clone().unwrap_or_default(),
+                name,
                 protocol,
                 port,
                 target,
@@ -405,6 +435,28 @@ mod tests {
         assert!(
             e.contains("spec.clusterIP") && e.contains("10.0.0.300"),
             "{e}"
+        );
+        let e = svc("metadata: {name: s, namespace: x}\nspec: {ports: [{port: 80}, {port: 81}, {port: 80}]}").unwrap_err();
+        assert_eq!(
+            e,
+            "Service x/s: spec.ports[2].port: 80/TCP duplicates spec.ports[0]"
+        );
+        let e =
+            svc("metadata: {name: s}\nspec: {ports: [{name: a, port: 80}, {name: a, port: 81}]}")
+                .unwrap_err();
+        assert!(
+            e.contains("spec.ports[1].name") && e.contains("\"a\""),
+            "{e}"
+        );
+        let e = svc("metadata: {name: s}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 30001}, {port: 81, nodePort: 30001}]}").unwrap_err();
+        assert!(
+            e.contains("spec.ports[1].nodePort") && e.contains("30001"),
+            "{e}"
+        );
+        // The same port number on two protocols is fine.
+        assert!(
+            svc("metadata: {name: s}\nspec: {ports: [{port: 53}, {port: 53, protocol: UDP}]}")
+                .is_ok()
         );
         let e = svc("metadata: {name: s}\nspec: {type: Weird}").unwrap_err();
         assert!(e.contains("spec.type"), "{e}");
