@@ -6,6 +6,7 @@
  */
 #include "lib/forward.h"
 #include "lib/lb.h"
+#include "lib/reject.h"
 
 SEC("classifier")
 int from_container(struct __sk_buff *skb)
@@ -47,6 +48,11 @@ int from_container(struct __sk_buff *skb)
 		if (v == LB_PASS) {
 			outcome = SLUICE_OUTCOME_DNAT;
 			v = lb4_translate(skb, saddr, daddr, &t, 0, 0, &daddr, &reason);
+		}
+		if (v == LB_DROP && reason == SLUICE_DROP_NO_SERVICE_BACKEND) {
+			int verdict = reject_tcp_syn(skb, point, &t);
+			if (verdict >= 0)
+				return verdict;
 		}
 		if (v == LB_DROP)
 			return drop(skb, point, reason);

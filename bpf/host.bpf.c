@@ -8,6 +8,7 @@
  */
 #include "lib/forward.h"
 #include "lib/lb.h"
+#include "lib/reject.h"
 
 SEC("classifier")
 int from_netdev(struct __sk_buff *skb)
@@ -32,6 +33,11 @@ int from_netdev(struct __sk_buff *skb)
 	if (v == LB_PASS) {
 		outcome = SLUICE_OUTCOME_DNAT;
 		v = lb4_translate(skb, saddr, daddr, &t, cfg->node_ip, 1, &daddr, &reason);
+	}
+	if (v == LB_DROP && reason == SLUICE_DROP_NO_SERVICE_BACKEND) {
+		int verdict = reject_tcp_syn(skb, point, &t);
+		if (verdict >= 0)
+			return verdict;
 	}
 	if (v == LB_DROP)
 		return drop(skb, point, reason);

@@ -50,6 +50,7 @@
 #define SLUICE_OUTCOME_DNAT 5      /* service frontend translated to a backend */
 #define SLUICE_OUTCOME_REVNAT 6    /* reply source translated back to the frontend */
 #define SLUICE_OUTCOME_ROUTED 7    /* sent out by our own FIB lookup (source may be this node) */
+#define SLUICE_OUTCOME_REJECT 8    /* answered with a TCP RST (reason: why) */
 
 /* lb4_service.flags */
 #define SLUICE_SVC_AFFINITY 0x1    /* sessionAffinity: ClientIP */

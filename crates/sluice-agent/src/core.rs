@@ -282,6 +282,7 @@ fn counter(k: abi::MetricsKey, v: abi::MetricsValue) -> Counter {
         abi::OUTCOME_DNAT => "service-dnat",
         abi::OUTCOME_REVNAT => "service-revnat",
         abi::OUTCOME_ROUTED => "routed",
+        abi::OUTCOME_REJECT => "reject",
         _ => "unknown",
     };
     let reason = match k.reason {

@@ -28,6 +28,7 @@ pub const DROP_FIB_LOOKUP_FAILED: u16 = 169;
 pub const OUTCOME_DNAT: u8 = 5;
 pub const OUTCOME_REVNAT: u8 = 6;
 pub const OUTCOME_ROUTED: u8 = 7;
+pub const OUTCOME_REJECT: u8 = 8;
 
 pub const SVC_AFFINITY: u16 = 0x1;
 pub const SVC_EXTERNAL: u16 = 0x2;

@@ -309,25 +309,67 @@ fn udp_with_and_without_checksum() {
 }
 
 #[test]
-fn a_service_without_backends_drops_with_a_reason() {
+fn a_service_without_backends_rejects_tcp_and_drops_udp() {
     if !require_root() {
         return;
     }
     let mut t = TestDatapath::load();
     setup(&mut t, false);
+    let syn = packet(TCP, (CLIENT, 40000), (EMPTY_VIP, 80), SYN, true);
+    let out = run(&mut t, sluice_datapath::FROM_CONTAINER, &syn);
+    assert_eq!(
+        out.retval, TC_ACT_REDIRECT,
+        "the answer goes straight back to the pod"
+    );
+    let p = parse(&out.packet);
+    assert_eq!(
+        (p.src, p.dst),
+        ((EMPTY_VIP, 80), (CLIENT, 40000)),
+        "as if from the closed port"
+    );
+    assert!(p.ip_ok && p.l4_ok, "checksums valid");
+    let tcp = &out.packet[34..];
+    assert_eq!(tcp[13], 0x14, "RST|ACK");
+    let seq_in = u32::from_be_bytes(syn[38..42].try_into().unwrap());
+    // The test SYN carries 4 bytes of data: the RST acknowledges them with the SYN.
+    assert_eq!(
+        u32::from_be_bytes(tcp[8..12].try_into().unwrap()),
+        seq_in + 1 + 4,
+        "acknowledges the SYN"
+    );
+    assert_eq!(u32::from_be_bytes(tcp[4..8].try_into().unwrap()), 0);
+    assert_eq!(
+        (&out.packet[0..6], &out.packet[6..12]),
+        (&syn[6..12], &syn[0..6]),
+        "MACs swapped"
+    );
+
+    // UDP has no RST: dropped, with the reason counted.
+    t.dp.lb()
+        .set_slot(
+            key(EMPTY_VIP, 80, UDP, 0),
+            Lb4Service {
+                count: 0,
+                rev_nat_id: 14,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let out = run(
         &mut t,
         sluice_datapath::FROM_CONTAINER,
-        &packet(TCP, (CLIENT, 40000), (EMPTY_VIP, 80), SYN, true),
+        &packet(UDP, (CLIENT, 5000), (EMPTY_VIP, 80), 0, true),
     );
     assert_eq!(out.retval, TC_ACT_SHOT);
-    let dropped =
+    let counted = |outcome| {
         t.dp.metrics()
             .unwrap()
             .into_iter()
-            .find(|(k, _)| k.outcome == OUTCOME_DROP && k.reason == DROP_NO_SERVICE_BACKEND)
-            .map(|(_, v)| v.packets);
-    assert_eq!(dropped, Some(1));
+            .find(|(k, _)| k.outcome == outcome && k.reason == DROP_NO_SERVICE_BACKEND)
+            .map(|(_, v)| v.packets)
+    };
+    assert_eq!(counted(OUTCOME_REJECT), Some(1));
+    assert_eq!(counted(OUTCOME_DROP), Some(1));
 }
 
 #[test]
@@ -363,13 +405,14 @@ fn an_established_connection_outlives_its_backend_leaving_the_service() {
     );
     assert_ne!(out.retval, TC_ACT_SHOT);
     assert_eq!(parse(&out.packet).dst, backend);
-    // A new connection has nowhere to go.
+    // A new connection has nowhere to go: it is refused.
     let out = run(
         &mut t,
         sluice_datapath::FROM_CONTAINER,
         &packet(TCP, (CLIENT, 43001), (VIP, 80), SYN, true),
     );
-    assert_eq!(out.retval, TC_ACT_SHOT);
+    assert_eq!(out.retval, TC_ACT_REDIRECT);
+    assert_eq!(parse(&out.packet).src, (VIP, 80), "a RST from the frontend");
 }
 
 #[test]

@@ -229,6 +229,34 @@ fn external(routing: &str) {
         started.elapsed()
     );
 
+    // Per packet (from outside through a NodePort, or from a thread outside the pod's cgroup)
+    // the datapath answers the SYN with a RST: refused just as fast.
+    let empty_np = SocketAddr::from((a_ip, 30083));
+    let empty_vip = SocketAddr::from((Ipv4Addr::new(10, 96, 1, 15), 80));
+    let started = Instant::now();
+    let from_outside = lab
+        .run_outside(move || probe::connect(empty_np, PROBE_TIMEOUT))
+        .unwrap();
+    let from_pod = lab
+        .run_in_pod("x/z", move || probe::connect(empty_vip, PROBE_TIMEOUT))
+        .unwrap();
+    for (what, r) in [
+        ("outside -> NodePort", from_outside),
+        ("pod -> ClusterIP", from_pod),
+    ] {
+        let kind = r.map(|_| ()).map_err(|e| e.kind());
+        assert_eq!(
+            kind,
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "{routing}: {what} without endpoints"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{routing}: refusals took {:?}",
+        started.elapsed()
+    );
+
     // Backends leave the service: new connections stop, an established one keeps flowing.
     let np = SocketAddr::from((a_ip, 30080));
     let mut live = lab
