@@ -4,6 +4,7 @@
 mod api;
 mod core;
 mod endpoints;
+mod metrics;
 mod nodes;
 mod overlay;
 mod services;
@@ -170,6 +171,15 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let listener = api::bind(&cfg.socket)?;
     tracing::info!(socket = %cfg.socket.display(), node = %cfg.node_name, routing = %cfg.routing, "sluice-agent serving");
     let server = tokio::spawn(api::serve(listener, core_tx.clone()));
+    let metrics_server = if cfg.metrics_address.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&cfg.metrics_address)
+            .await
+            .with_context(|| format!("metricsAddress: binding {:?}", cfg.metrics_address))?;
+        tracing::info!(address = %cfg.metrics_address, "serving /metrics");
+        Some(tokio::spawn(metrics::serve(listener, core_tx.clone())))
+    };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -177,6 +187,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping; the datapath stays pinned"),
     }
     server.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     let _ = std::fs::remove_file(&cfg.socket);
     // Let a request in progress finish so its on-disk record is consistent.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();

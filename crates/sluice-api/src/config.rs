@@ -74,6 +74,9 @@ pub struct AgentConfig {
     /// MTU of the node's underlay. Default: read from the device that holds the node address.
     #[serde(default)]
     pub underlay_mtu: Option<u32>,
+    /// Where Prometheus `/metrics` is served ("" turns it off).
+    #[serde(default = "default_metrics_address")]
+    pub metrics_address: String,
     /// Translate service frontends at connect()/sendmsg() (cgroup v2 socket-LB).
     #[serde(default = "default_true")]
     pub socket_lb: bool,
@@ -84,6 +87,10 @@ pub struct AgentConfig {
     /// Default: the root of the first cgroup2 mount.
     #[serde(default)]
     pub cgroup_path: Option<PathBuf>,
+}
+
+fn default_metrics_address() -> String {
+    "127.0.0.1:9962".into()
 }
 
 fn default_maglev_size() -> u32 {

@@ -27,6 +27,8 @@ pub fn config(state: &LabState, paths: &LabPaths, node: &str) -> AgentConfig {
         vxlan_port: 8472,
         underlay_mtu: None,
         maglev_table_size: 16381,
+        // Each node has its own network namespace, so every agent can use the same port.
+        metrics_address: "127.0.0.1:9962".into(),
         // Never the host's root cgroup: without a lab cgroup, no socket-LB.
         socket_lb: state.cgroup_root.is_some(),
         // Socket-LB covers this node's pods only (not other nodes, labs or the host).

@@ -83,6 +83,33 @@ fn cluster_ip(file: &str) {
         );
     }
 
+    // Prometheus metrics agree with the agent's status and count the translations.
+    for node in lab.nodes() {
+        let status = lab.agent_status(&node.name).unwrap();
+        let page = lab
+            .run_in_node(&node.name, || {
+                probe::http_get_path(
+                    SocketAddr::from(([127, 0, 0, 1], 9962)),
+                    "/metrics",
+                    PROBE_TIMEOUT,
+                )
+            })
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{file}: /metrics on {}: {e}", node.name));
+        let line = format!("sluice_services {}", status.services);
+        assert!(
+            page.lines().any(|l| l == line),
+            "{file}: {} /metrics lacks {line:?}:\n{page}",
+            node.name
+        );
+        let dnat = page
+            .lines()
+            .find(|l| l.starts_with("sluice_datapath_packets_total{point=\"from-endpoint\",outcome=\"service-dnat\""))
+            .unwrap_or_else(|| panic!("{file}: no DNAT counter on {}:\n{page}", node.name));
+        let n: u64 = dnat.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(n > 0, "{file}: {dnat}");
+    }
+
     // Socket-LB: a process in the pod's cgroup is translated at connect(), so the node's
     // per-packet DNAT counter stays put.
     for pod in ["y/b", "y/d"] {
