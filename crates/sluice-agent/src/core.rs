@@ -135,17 +135,25 @@ impl Core {
         let started = Instant::now();
         self.service_problems.clear();
         let result = self.lb.reconcile(&mut self.dp, old, &self.desired, view);
-        // A failed pass may have left the maps between states: the next one starts over.
-        self.services_synced = result.is_ok();
+        // A failed or partial pass leaves the maps behind `desired`: the next one starts over
+        // (and so retries what did not fit once room is made).
+        self.services_synced = result.as_ref().is_ok_and(|r| r.skipped.is_empty());
         match result {
-            Ok((0, 0, 0)) => {}
-            Ok((added, removed, changed)) => tracing::info!(
-                added,
-                removed,
-                changed,
-                micros = started.elapsed().as_micros() as u64,
-                "service frontends reconciled"
-            ),
+            Ok(r) => {
+                if r.added + r.removed + r.changed > 0 {
+                    tracing::info!(
+                        added = r.added,
+                        removed = r.removed,
+                        changed = r.changed,
+                        micros = started.elapsed().as_micros() as u64,
+                        "service frontends reconciled"
+                    );
+                }
+                for why in &r.skipped {
+                    tracing::error!("{why}");
+                }
+                self.service_problems.extend(r.skipped);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "programming services");
                 self.service_problems

@@ -40,6 +40,18 @@ pub fn load_config(path: &Path) -> anyhow::Result<AgentConfig> {
             cfg.maglev_table_size
         );
     }
+    for (field, value) in [
+        ("maps.lbSlots", cfg.maps.lb_slots),
+        ("maps.backends", cfg.maps.backends),
+        ("maps.conntrack", cfg.maps.conntrack),
+    ] {
+        if !(16..=1 << 24).contains(&value) {
+            bail!(
+                "{}: {field}: {value} is outside 16..=16777216",
+                path.display()
+            );
+        }
+    }
     if let Some(mtu) = cfg.underlay_mtu {
         if !(1280..=65535).contains(&mtu) {
             bail!(
@@ -77,9 +89,15 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .name("core".into())
         .spawn(move || {
             let started = (|| -> anyhow::Result<Core> {
-                let dp = Datapath::load(&core_cfg.pin_path()).with_context(|| {
-                    format!("loading the datapath at {}", core_cfg.pin_path().display())
-                })?;
+                let sizes = sluice_datapath::MapSizes {
+                    lb_slots: core_cfg.maps.lb_slots,
+                    backends: core_cfg.maps.backends,
+                    conntrack: core_cfg.maps.conntrack,
+                };
+                let dp =
+                    Datapath::load_with_sizes(&core_cfg.pin_path(), &sizes).with_context(|| {
+                        format!("loading the datapath at {}", core_cfg.pin_path().display())
+                    })?;
                 let net = NetHandle::current().context("opening netlink")?;
                 let (store, loaded) = store::Store::open(&core_cfg.state_dir)?;
                 let sock_lb = if core_cfg.socket_lb {
@@ -87,7 +105,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                         Some(p) => p.clone(),
                         None => features::cgroup2_root()?,
                     };
-                    let mut s = sluice_datapath::socklb::SockLb::load(&core_cfg.pin_path())?;
+                    let mut s =
+                        sluice_datapath::socklb::SockLb::load(&core_cfg.pin_path(), &sizes)?;
                     s.attach(&core_cfg.pin_path(), &cgroup).with_context(|| {
                         format!("attaching socket-LB to cgroup {}", cgroup.display())
                     })?;

@@ -47,6 +47,15 @@ impl Ids {
     }
 }
 
+/// What one reconcile did.
+pub struct Reconciled {
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
+    /// Frontends left out because a map is full (described).
+    pub skipped: Vec<String>,
+}
+
 #[derive(Default)]
 pub struct LbState {
     programmed: BTreeMap<Frontend, Programmed>,
@@ -59,6 +68,8 @@ pub struct LbState {
     by_service: BTreeMap<String, std::collections::BTreeSet<Frontend>>,
     /// Entries of each Maglev table.
     maglev_size: u32,
+    /// What the maps can hold (read from the pinned maps).
+    capacity: sluice_datapath::MapSizes,
     /// The node the frontends were computed for; a change means recomputing everything.
     node: Option<(String, Ipv4Addr)>,
 }
@@ -85,8 +96,14 @@ fn slot_key(f: &Frontend, slot: u16) -> Lb4Key {
 impl LbState {
     /// Reads what a previous run programmed.
     pub fn load(dp: &Datapath, maglev_size: u32) -> Result<Self, String> {
+        let capacity = |name| sluice_datapath::lb::map_capacity(&dp.pin_path().join(name));
         let mut state = LbState {
             maglev_size,
+            capacity: sluice_datapath::MapSizes {
+                lb_slots: capacity(sluice_datapath::lb::MAP_LB_SERVICES),
+                backends: capacity(sluice_datapath::lb::MAP_LB_BACKENDS),
+                conntrack: capacity(sluice_datapath::lb::MAP_CT),
+            },
             ..Default::default()
         };
         let lb = dp.lb_ref();
@@ -198,7 +215,7 @@ impl LbState {
         old: Option<&DesiredState>,
         new: &DesiredState,
         node: NodeView,
-    ) -> Result<(usize, usize, usize), String> {
+    ) -> Result<Reconciled, String> {
         let node_key = (node.name.to_string(), node.address);
         let incremental = old.filter(|_| self.node.as_ref() == Some(&node_key));
         self.node = Some(node_key);
@@ -244,7 +261,9 @@ impl LbState {
             self.origins.insert(f, origin);
         }
         let diff = diff_maps(&current, &wanted);
-        let counts = (diff.added.len(), diff.removed.len(), diff.changed.len());
+        let mut counts = (diff.added.len(), diff.removed.len(), diff.changed.len());
+        let is_new: std::collections::BTreeSet<Frontend> =
+            diff.added.iter().map(|(f, _)| **f).collect();
         let removed: Vec<Frontend> = diff.removed.iter().map(|(f, _)| **f).collect();
         let upserts: Vec<(Frontend, LbEntry)> = diff
             .added
@@ -255,10 +274,70 @@ impl LbState {
         for f in removed {
             self.unprogram(dp, &f)?;
         }
+        let mut skipped = Vec::new();
         for (f, entry) in upserts {
+            // A full map is refused up front, so nothing is written half-way and what is
+            // programmed stays as it was.
+            if let Err(why) = self.fits(&f, &entry) {
+                let service = self
+                    .origins
+                    .get(&f)
+                    .map(|o| o.service.clone())
+                    .unwrap_or_default();
+                if is_new.contains(&f) {
+                    counts.0 -= 1;
+                } else {
+                    counts.2 -= 1;
+                }
+                skipped.push(format!(
+                    "service {service} frontend {}:{}/{} not programmed: {why}",
+                    f.address, f.port, f.protocol
+                ));
+                continue;
+            }
             self.program(dp, f, entry)?;
         }
-        Ok(counts)
+        Ok(Reconciled {
+            added: counts.0,
+            removed: counts.1,
+            changed: counts.2,
+            skipped,
+        })
+    }
+
+    /// Whether programming `entry` for `f` stays within the maps' capacities.
+    fn fits(&self, f: &Frontend, entry: &LbEntry) -> Result<(), String> {
+        let slots_now: usize = self
+            .programmed
+            .values()
+            .map(|p| p.backend_ids.len() + 1)
+            .sum();
+        let old = self
+            .programmed
+            .get(f)
+            .map(|p| p.backend_ids.len() + 1)
+            .unwrap_or(0);
+        let slots_after = slots_now - old + entry.backends.len() + 1;
+        if slots_after > self.capacity.lb_slots as usize {
+            return Err(format!(
+                "map sluice_lb4_svc is full ({slots_now} of {} slots used, {} more needed)",
+                self.capacity.lb_slots,
+                slots_after - slots_now
+            ));
+        }
+        let new_backends = entry
+            .backends
+            .iter()
+            .filter(|(a, p)| !self.backends.contains_key(&(*a, *p, f.protocol)))
+            .count();
+        if self.backends.len() + new_backends > self.capacity.backends as usize {
+            return Err(format!(
+                "map sluice_lb4_be is full ({} of {} backends, {new_backends} more needed)",
+                self.backends.len(),
+                self.capacity.backends
+            ));
+        }
+        Ok(())
     }
 
     fn acquire_backend(&mut self, dp: &mut Datapath, addr: BackendAddr) -> Result<u32, String> {

@@ -132,3 +132,62 @@ fn cluster_ip_balances_tcp_and_udp_and_follows_label_changes() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A map that cannot take another service is reported, and nothing already programmed is
+/// disturbed; once room is made the service is programmed after all.
+#[test]
+fn a_full_service_map_is_reported_and_corrupts_nothing() {
+    if !require_root() {
+        return;
+    }
+    // 16 slots: five services of (1 frontend + 2 backends) fit, the sixth does not.
+    let mut node = Node::start_with_config(
+        "10.212.0.0/24",
+        None,
+        "maps: {lbSlots: 16, backends: 64, conntrack: 64}\n",
+    );
+    let ips = node.client_and_two_backends();
+    let manifests = node.dir.path().join("manifests");
+    let pods = pod_manifest("b1", &ips[1].1, "web") + &pod_manifest("b2", &ips[2].1, "web");
+    std::fs::write(manifests.join("pods.yaml"), pods).unwrap();
+    let service = |i: u8| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: x}}\nspec: {{clusterIP: 10.96.102.{i}, selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n")
+    };
+    let all: String = (1..=6).map(service).collect();
+    std::fs::write(manifests.join("services.yaml"), all).unwrap();
+    let status = |node: &Node| match Client::new(node.socket()).call(&Request::Status).unwrap() {
+        Response::Status(s) => s,
+        other => panic!("{other:?}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !status(&node)
+        .problems
+        .iter()
+        .any(|p| p.contains("sluice_lb4_svc is full"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no full-map problem reported: {:?}",
+            status(&node).problems
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status(&node).services, 5, "five services fit");
+    // What is programmed still works.
+    let client = Netns::from_path(&ips[0].0).unwrap();
+    let (name, _) = tcp_name(
+        &client,
+        SocketAddr::from((Ipv4Addr::new(10, 96, 102, 1), 80)),
+    )
+    .unwrap();
+    assert!(name == "b1" || name == "b2", "{name}");
+
+    // Room is made: the sixth gets programmed and the problem clears.
+    let fewer: String = (2..=6).map(service).collect();
+    std::fs::write(manifests.join("services.yaml"), fewer).unwrap();
+    wait_for_backends(&node, "10.96.102.6:80/TCP", 2);
+    assert!(status(&node)
+        .problems
+        .iter()
+        .all(|p| !p.contains("is full")));
+}

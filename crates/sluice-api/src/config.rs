@@ -49,6 +49,28 @@ impl FromStr for RoutingMode {
 /// inner Ethernet 14).
 pub const VXLAN_OVERHEAD: u32 = 50;
 
+/// Capacities of the datapath maps that grow with the cluster (entries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct MapSizes {
+    /// Service slots: one per frontend plus one per backend of each frontend.
+    pub lb_slots: u32,
+    /// Distinct service backends (address, port, protocol).
+    pub backends: u32,
+    /// Tracked connections (two entries per translated connection; LRU when full).
+    pub conntrack: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            lb_slots: 262_144,
+            backends: 65_536,
+            conntrack: 262_144,
+        }
+    }
+}
+
 /// `sluice-agent --config FILE`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -74,6 +96,9 @@ pub struct AgentConfig {
     /// MTU of the node's underlay. Default: read from the device that holds the node address.
     #[serde(default)]
     pub underlay_mtu: Option<u32>,
+    /// Capacities of the maps that grow with the cluster.
+    #[serde(default)]
+    pub maps: MapSizes,
     /// Where Prometheus `/metrics` is served ("" turns it off).
     #[serde(default = "default_metrics_address")]
     pub metrics_address: String,

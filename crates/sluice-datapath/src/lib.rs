@@ -24,7 +24,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 
 pub use abi::{DatapathConfig, EndpointInfo, EndpointKey, MetricsKey, MetricsValue, TunnelInfo};
 pub use error::{Error, Result};
-pub use loader::{FROM_CONTAINER, FROM_NETDEV, FROM_OVERLAY, TO_CONTAINER, TO_OVERLAY};
+pub use loader::{MapSizes, FROM_CONTAINER, FROM_NETDEV, FROM_OVERLAY, TO_CONTAINER, TO_OVERLAY};
 pub use objects::{MAP_CONFIG, MAP_ENDPOINTS, MAP_METRICS, MAP_TUNNELS};
 
 use abi::{ip_from_be, ip_to_be};
@@ -44,7 +44,12 @@ impl Datapath {
     /// Loads the datapath with its maps pinned in `pin_path` (created if missing; existing pins
     /// are reused, so a restart keeps every entry).
     pub fn load(pin_path: &Path) -> Result<Self> {
-        let mut objects = loader::Objects::load(pin_path)?;
+        Self::load_with_sizes(pin_path, &MapSizes::default())
+    }
+
+    /// Like `load`, with the configurable map capacities given.
+    pub fn load_with_sizes(pin_path: &Path, sizes: &MapSizes) -> Result<Self> {
+        let mut objects = loader::Objects::load(pin_path, sizes)?;
         let take = |name: &'static str, objects: &mut loader::Objects| {
             objects
                 .endpoint

@@ -7,6 +7,43 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::error::{prog_err, Error, Result};
 
+/// Capacities of the maps whose size is configuration (the rest are fixed in maps.h). Every
+/// object must be loaded with the same sizes: they share the pinned maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Service slots: one per frontend plus one per backend of each frontend.
+    pub lb_slots: u32,
+    pub backends: u32,
+    pub conntrack: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            lb_slots: 262_144,
+            backends: 65_536,
+            conntrack: 65_536,
+        }
+    }
+}
+
+impl MapSizes {
+    fn overrides(&self) -> [(&'static str, u32); 3] {
+        [
+            (crate::lb::MAP_LB_SERVICES, self.lb_slots),
+            (crate::lb::MAP_LB_BACKENDS, self.backends),
+            (crate::lb::MAP_CT, self.conntrack),
+        ]
+    }
+
+    fn max_entries(&self, name: &str) -> Option<u32> {
+        self.overrides()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s)
+    }
+}
+
 /// The tc objects loaded, programs verified, maps shared through their pins.
 pub struct Objects {
     pub endpoint: Ebpf,
@@ -23,14 +60,14 @@ pub const FROM_NETDEV: &str = "from_netdev";
 impl Objects {
     /// Loads (or, after a restart, re-opens) the maps pinned in `pin_path` and loads every
     /// program into the kernel.
-    pub fn load(pin_path: &Path) -> Result<Self> {
+    pub fn load(pin_path: &Path, sizes: &MapSizes) -> Result<Self> {
         std::fs::create_dir_all(pin_path).map_err(|source| Error::Bpffs {
             path: pin_path.to_path_buf(),
             source,
         })?;
-        let mut endpoint = load_object("endpoint", crate::objects::ENDPOINT, pin_path)?;
-        let mut overlay = load_object("overlay", crate::objects::OVERLAY, pin_path)?;
-        let mut host = load_object("host", crate::objects::HOST, pin_path)?;
+        let mut endpoint = load_object("endpoint", crate::objects::ENDPOINT, pin_path, sizes)?;
+        let mut overlay = load_object("overlay", crate::objects::OVERLAY, pin_path, sizes)?;
+        let mut host = load_object("host", crate::objects::HOST, pin_path, sizes)?;
         for name in [FROM_CONTAINER, TO_CONTAINER] {
             classifier(&mut endpoint, name)?
                 .load()
@@ -61,15 +98,22 @@ impl Objects {
     }
 }
 
-pub(crate) fn load_object(object: &'static str, bytes: &[u8], pin_path: &Path) -> Result<Ebpf> {
-    drop_incompatible_pins(object, bytes, pin_path);
-    EbpfLoader::new()
-        .default_map_pin_directory(pin_path)
-        .load(bytes)
-        .map_err(|source| Error::Load {
-            object,
-            source: Box::new(source),
-        })
+pub(crate) fn load_object(
+    object: &'static str,
+    bytes: &[u8],
+    pin_path: &Path,
+    sizes: &MapSizes,
+) -> Result<Ebpf> {
+    drop_incompatible_pins(object, bytes, pin_path, sizes);
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(pin_path);
+    for (name, size) in sizes.overrides() {
+        loader.map_max_entries(name, size);
+    }
+    loader.load(bytes).map_err(|source| Error::Load {
+        object,
+        source: Box::new(source),
+    })
 }
 
 fn classifier<'a>(object: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
@@ -103,7 +147,7 @@ pub fn parse_link_pin(file_name: &str) -> Option<(String, u32)> {
 /// changed a struct) is unpinned, so the load creates a fresh one instead of handing the
 /// programs a map they would misread. Its entries are lost; the agent re-programs what it
 /// owns, and conntrack entries start over.
-fn drop_incompatible_pins(object: &'static str, bytes: &[u8], pin_path: &Path) {
+fn drop_incompatible_pins(object: &'static str, bytes: &[u8], pin_path: &Path, sizes: &MapSizes) {
     let Ok(parsed) = aya_obj::Object::parse(bytes) else {
         return;
     };
@@ -115,7 +159,7 @@ fn drop_incompatible_pins(object: &'static str, bytes: &[u8], pin_path: &Path) {
         let compatible = aya::maps::MapInfo::from_pin(&pin).is_ok_and(|info| {
             info.key_size() == map.key_size()
                 && info.value_size() == map.value_size()
-                && info.max_entries() == map.max_entries()
+                && info.max_entries() == sizes.max_entries(name).unwrap_or(map.max_entries())
         });
         if !compatible {
             tracing::warn!(object, map = %name, pin = %pin.display(), "pinned map has another shape than this build's; recreating it");

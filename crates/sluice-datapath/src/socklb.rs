@@ -23,8 +23,8 @@ pub struct SockLb {
 }
 
 impl SockLb {
-    pub fn load(pin_path: &Path) -> Result<Self> {
-        let mut object = crate::loader::load_object("sock", crate::objects::SOCK, pin_path)?;
+    pub fn load(pin_path: &Path, sizes: &crate::MapSizes) -> Result<Self> {
+        let mut object = crate::loader::load_object("sock", crate::objects::SOCK, pin_path, sizes)?;
         for name in PROGRAMS {
             program(&mut object, name)?.load().map_err(prog_err(name))?;
         }

@@ -63,6 +63,11 @@ impl Node {
 
     /// With `cgroup`, socket-LB attaches there (the directory is created and removed).
     pub fn start_with(pod_cidr: &str, cgroup: Option<PathBuf>) -> Node {
+        Self::start_with_config(pod_cidr, cgroup, "")
+    }
+
+    /// `extra` is appended to the agent's YAML configuration.
+    pub fn start_with_config(pod_cidr: &str, cgroup: Option<PathBuf>, extra: &str) -> Node {
         static N: AtomicU32 = AtomicU32::new(0);
         let prefix = format!(
             "sag{}-{}",
@@ -83,7 +88,7 @@ impl Node {
         std::fs::write(
             dir.path().join("agent.yaml"),
             format!(
-                "nodeName: n1\nmanifests: {m}\nsocket: {d}/agent.sock\nstateDir: {d}/state\nbpfPinPath: {pin}\n{socklb}",
+                "nodeName: n1\nmanifests: {m}\nsocket: {d}/agent.sock\nstateDir: {d}/state\nbpfPinPath: {pin}\n{socklb}{extra}",
                 m = dir.path().join("manifests").display(),
                 d = dir.path().display(),
                 pin = pin.display(),
