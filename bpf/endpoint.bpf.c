@@ -48,6 +48,8 @@ int from_container(struct __sk_buff *skb)
 		if (v == LB_PASS) {
 			outcome = SLUICE_OUTCOME_DNAT;
 			v = lb4_translate(skb, saddr, daddr, &t, 0, 0, &daddr, &reason);
+			if (v == LB_PASS)
+				lb4_forget_stale_reply(saddr, daddr, &t);
 		}
 		if (v == LB_DROP && reason == SLUICE_DROP_NO_SERVICE_BACKEND) {
 			int verdict = reject_tcp_syn(skb, point, &t);

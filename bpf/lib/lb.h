@@ -201,7 +201,11 @@ static __always_inline enum lb_verdict lb4_reverse(struct __sk_buff *skb, __u32 
 	struct ct4_entry *ct = bpf_map_lookup_elem(&sluice_ct4, &rev);
 	if (!ct)
 		return LB_PASS;
-	ct->last_seen_ns = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_ns();
+	__u64 lifetime = t->proto == IPPROTO_TCP ? SLUICE_CT_LIFETIME_TCP_NS : SLUICE_CT_LIFETIME_UDP_NS;
+	if (now - ct->last_seen_ns >= lifetime)
+		return LB_PASS;  /* an expired connection's entry translates nothing */
+	ct->last_seen_ns = now;
 	*new_daddr = ct->alt_address ? ct->alt_address : daddr;
 	if (rewrite_endpoint(skb, t, 0, saddr, ct->nat_address, t->sport, ct->nat_port) ||
 	    (ct->alt_address &&
@@ -210,6 +214,21 @@ static __always_inline enum lb_verdict lb4_reverse(struct __sk_buff *skb, __u32 
 		return LB_DROP;
 	}
 	return LB_DONE;
+}
+
+/*
+ * A client talking to a backend directly (socket-LB already translated it, or it simply
+ * knows the address) on a tuple an earlier service connection used: that connection is
+ * over, and its REPLY entry must not turn this connection's replies into the frontend's.
+ */
+static __always_inline void lb4_forget_stale_reply(__u32 saddr, __u32 daddr, const struct l4_tuple *t)
+{
+	struct ct4_key rev = {
+		.saddr = daddr, .daddr = saddr, .sport = t->dport, .dport = t->sport,
+		.proto = t->proto, .dir = SLUICE_CT_REPLY,
+	};
+	if (bpf_map_lookup_elem(&sluice_ct4, &rev))
+		bpf_map_delete_elem(&sluice_ct4, &rev);
 }
 
 #endif /* SLUICE_LB_H */

@@ -830,3 +830,34 @@ fn an_idle_udp_flow_is_balanced_afresh() {
         "an idle flow is balanced again"
     );
 }
+
+/// A client reusing a service connection's tuple to talk to the backend directly (as it does
+/// after socket-LB translated its connect()) must get the backend's replies untouched.
+#[test]
+fn a_direct_connection_on_a_reused_tuple_is_not_reverse_translated() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup(&mut t, false);
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 45000), (VIP, 80), SYN, true),
+    );
+    let backend = parse(&out.packet).dst;
+    // Later, the same client port, straight to that backend.
+    let direct = packet(TCP, (CLIENT, 45000), backend, SYN, true);
+    let out = run(&mut t, sluice_datapath::FROM_CONTAINER, &direct);
+    assert_eq!(parse(&out.packet).dst, backend, "not a service packet");
+    let out = run(
+        &mut t,
+        sluice_datapath::TO_CONTAINER,
+        &packet(TCP, backend, (CLIENT, 45000), SYN | ACK, true),
+    );
+    assert_eq!(
+        parse(&out.packet).src,
+        backend,
+        "the reply keeps the backend's address"
+    );
+}

@@ -69,7 +69,13 @@ pub fn lb_entries_for<'a>(
             None => Vec::new(),
         };
         for port in &svc.ports {
-            let all = backends_for(svc, port, candidates.iter().copied());
+            // A selector means sluice computes the endpoints; without one, EndpointSlices
+            // (written by someone else) name them.
+            let all = if svc.selector.is_some() {
+                backends_for(svc, port, candidates.iter().copied())
+            } else {
+                slice_backends(state, svc, port)
+            };
             let mut add =
                 |address: Ipv4Addr, port_number: u16, kind: &'static str, external: bool| {
                     let local_only = if external {
@@ -125,6 +131,16 @@ pub fn affected_services(old: &DesiredState, new: &DesiredState) -> BTreeSet<Str
         .chain(services.removed.iter().map(|(k, _)| (*k).clone()))
         .chain(services.changed.iter().map(|(k, _, _)| (*k).clone()))
         .collect();
+    let slices = crate::diff_maps(&old.endpoint_slices, &new.endpoint_slices);
+    for slice in slices
+        .added
+        .iter()
+        .map(|(_, s)| *s)
+        .chain(slices.removed.iter().map(|(_, s)| *s))
+        .chain(slices.changed.iter().flat_map(|(_, a, b)| [*a, *b]))
+    {
+        out.insert(slice.service.clone());
+    }
     let pods = crate::diff_maps(&old.pods, &new.pods);
     let touched = pods
         .added
@@ -145,6 +161,44 @@ pub fn affected_services(old: &DesiredState, new: &DesiredState) -> BTreeSet<Str
             }
         }
     }
+    out
+}
+
+/// The backends EndpointSlices list for `port` of `svc`: slice ports match service ports by
+/// name and protocol.
+fn slice_backends(state: &DesiredState, svc: &ServiceInfo, port: &ServicePortInfo) -> Vec<Backend> {
+    let key = svc.key();
+    let from = format!("{}/", svc.namespace);
+    let to = format!("{}0", svc.namespace);
+    let mut out = Vec::new();
+    for slice in state
+        .endpoint_slices
+        .range(from..to)
+        .map(|(_, s)| s)
+        .filter(|s| s.service == key)
+    {
+        let Some(sp) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.protocol == port.protocol)
+        else {
+            continue;
+        };
+        for e in &slice.endpoints {
+            for ip in &e.addresses {
+                out.push(Backend {
+                    ip: *ip,
+                    port: sp.port,
+                    pod: format!("{}/{}", slice.namespace, slice.name),
+                    node_name: e.node_name.clone(),
+                    ready: e.ready && !e.terminating,
+                    serving: e.serving,
+                    terminating: e.terminating,
+                });
+            }
+        }
+    }
+    out.sort();
     out
 }
 
@@ -371,6 +425,78 @@ mod incremental_tests {
         assert_eq!(
             affected.into_iter().collect::<Vec<_>>(),
             vec!["n0/s0".to_string(), "n0/s1".to_string()]
+        );
+    }
+}
+
+#[cfg(test)]
+mod slice_tests {
+    use super::*;
+    use crate::manifest::parse_manifests;
+
+    const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ext-db, namespace: x}
+spec: {clusterIP: 10.96.0.30, ports: [{name: sql, port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ext-db-1, namespace: x, labels: {kubernetes.io/service-name: ext-db}}
+addressType: IPv4
+ports: [{name: sql, port: 15432, protocol: TCP}]
+endpoints:
+- {addresses: [192.0.2.10], nodeName: n1}
+- {addresses: [192.0.2.11], conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [192.0.2.12], conditions: {ready: false}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: v6, namespace: x, labels: {kubernetes.io/service-name: ext-db}}
+addressType: IPv6
+endpoints: [{addresses: ["2001:db8::1"]}]
+"#;
+
+    #[test]
+    fn selectorless_services_take_their_endpoints_from_slices() {
+        let objects = parse_manifests("t", MANIFESTS).unwrap();
+        let (state, problems) = DesiredState::build(&objects);
+        assert!(problems.is_empty(), "{problems:?}");
+        let entries = lb_entries(&state, None);
+        let sql = &entries[&Frontend {
+            address: Ipv4Addr::new(10, 96, 0, 30),
+            port: 5432,
+            protocol: Protocol::Tcp,
+        }];
+        // Ready endpoints only; the terminating one would serve only if nothing were ready.
+        assert_eq!(sql.0.backends, vec![(Ipv4Addr::new(192, 0, 2, 10), 15432)]);
+
+        let only_terminating = MANIFESTS.replace("- {addresses: [192.0.2.10], nodeName: n1}\n", "");
+        let (state2, _) = DesiredState::build(&parse_manifests("t", &only_terminating).unwrap());
+        let entries = lb_entries(&state2, None);
+        let sql = &entries[&Frontend {
+            address: Ipv4Addr::new(10, 96, 0, 30),
+            port: 5432,
+            protocol: Protocol::Tcp,
+        }];
+        assert_eq!(sql.0.backends, vec![(Ipv4Addr::new(192, 0, 2, 11), 15432)]);
+        assert_eq!(
+            affected_services(&state, &state2)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec!["x/ext-db".to_string()]
+        );
+    }
+
+    #[test]
+    fn bad_slices_name_the_field() {
+        let bad = MANIFESTS.replace("192.0.2.12", "not-an-ip");
+        let (_, problems) = DesiredState::build(&parse_manifests("t", &bad).unwrap());
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].contains("EndpointSlice x/ext-db-1: endpoints[2].addresses[0]")
+                && problems[0].contains("not-an-ip"),
+            "{problems:?}"
         );
     }
 }

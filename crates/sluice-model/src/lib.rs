@@ -7,6 +7,7 @@ pub mod maglev;
 pub mod manifest;
 pub mod node;
 pub mod service;
+pub mod slices;
 pub mod state;
 
 pub use diff::{diff_maps, MapDiff};

@@ -10,6 +10,7 @@ pub enum Object {
     Namespace(Box<Namespace>),
     Pod(Box<Pod>),
     Service(Box<Service>),
+    EndpointSlice(Box<k8s_openapi::api::discovery::v1::EndpointSlice>),
     Other { api_version: String, kind: String },
 }
 
@@ -69,6 +70,9 @@ pub fn parse_manifests(origin: &str, text: &str) -> Result<Vec<Object>, Manifest
                 Object::Namespace(serde_json::from_value(doc).map_err(|e| typed("Namespace", e))?)
             }
             ("v1", "Pod") => Object::Pod(serde_json::from_value(doc).map_err(|e| typed("Pod", e))?),
+            ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(
+                serde_json::from_value(doc).map_err(|e| typed("EndpointSlice", e))?,
+            ),
             ("v1", "Service") => {
                 Object::Service(serde_json::from_value(doc).map_err(|e| typed("Service", e))?)
             }

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use crate::manifest::Object;
 use crate::node::NodeInfo;
 use crate::service::{Protocol, ServiceInfo};
+use crate::slices::EndpointSliceInfo;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
@@ -39,6 +40,8 @@ pub struct DesiredState {
     pub pods: BTreeMap<String, PodInfo>,
     /// "namespace/name" -> service.
     pub services: BTreeMap<String, ServiceInfo>,
+    /// "namespace/name" of the slice -> slice (IPv4 slices only).
+    pub endpoint_slices: BTreeMap<String, EndpointSliceInfo>,
     /// (namespace, label key, label value) -> pod keys: selectors look up instead of scanning.
     by_label: BTreeMap<(String, String, String), BTreeSet<String>>,
 }
@@ -76,6 +79,15 @@ impl DesiredState {
                     Ok(info) => {
                         state.services.insert(info.key(), info);
                     }
+                    Err(e) => problems.push(e),
+                },
+                Object::EndpointSlice(slice) => match EndpointSliceInfo::from_slice(slice) {
+                    Ok(Some(info)) => {
+                        state
+                            .endpoint_slices
+                            .insert(format!("{}/{}", info.namespace, info.name), info);
+                    }
+                    Ok(None) => {}
                     Err(e) => problems.push(e),
                 },
                 Object::Other { .. } => {}

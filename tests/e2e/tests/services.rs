@@ -83,6 +83,43 @@ fn cluster_ip(file: &str) {
         );
     }
 
+    // A service without selector takes its endpoints from an EndpointSlice written by someone
+    // else (here: us, as a controller would).
+    let c_ip = lab.pod_ip("x/c").unwrap();
+    let manual = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: manual, namespace: x}}\nspec: {{clusterIP: 10.96.0.40, ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: manual-1, namespace: x, labels: {{kubernetes.io/service-name: manual}}}}\naddressType: IPv4\nports: [{{name: http, port: 80, protocol: TCP}}]\nendpoints: [{{addresses: [\"{c_ip}\"]}}]\n"
+    );
+    std::fs::write(lab.paths().manifests().join("manual.yaml"), manual).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let socket = lab.agent_socket("node-a").unwrap();
+        if let Ok(Response::Services { services }) =
+            Client::new(&socket).call(&Request::ListServices)
+        {
+            if services
+                .iter()
+                .any(|s| s.frontend == "10.96.0.40:80/TCP" && s.backends.len() == 1)
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{file}: x/manual never got its slice's backend"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let manual_vip = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 40), 80));
+    let body = lab
+        .run_in_pod("y/b", move || probe::http_get(manual_vip, PROBE_TIMEOUT))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        body.trim(),
+        "x/c",
+        "{file}: selector-less service via its EndpointSlice"
+    );
+
     // Prometheus metrics agree with the agent's status and count the translations.
     for node in lab.nodes() {
         let status = lab.agent_status(&node.name).unwrap();

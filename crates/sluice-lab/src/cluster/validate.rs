@@ -74,11 +74,11 @@ pub fn cluster(docs: Vec<Value>) -> Result<Cluster, ClusterError> {
                 Ok(pod) => pods.push((i, pod)),
                 Err(e) => p.push(format!("{at} (Pod): {e}")),
             },
-            "Service" | "NetworkPolicy" => {
-                let parsed = if kind == "Service" {
-                    typed::<Service>(d).map(|s| s.metadata)
-                } else {
-                    typed::<NetworkPolicy>(d).map(|s| s.metadata)
+            "Service" | "NetworkPolicy" | "EndpointSlice" => {
+                let parsed = match kind {
+                    "Service" => typed::<Service>(d).map(|s| s.metadata),
+                    "EndpointSlice" => typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(d).map(|s| s.metadata),
+                    _ => typed::<NetworkPolicy>(d).map(|s| s.metadata),
                 };
                 match parsed {
                     Ok(meta) if meta.name.is_some() => {
@@ -90,7 +90,7 @@ pub fn cluster(docs: Vec<Value>) -> Result<Cluster, ClusterError> {
             }
             KIND => p.push(format!("{at}.kind: \"Cluster\": only the first document may be a Cluster")),
             _ => p.push(format!(
-                "{at}.kind: {} is not supported (expected Namespace, Pod, Service or NetworkPolicy)",
+                "{at}.kind: {} is not supported (expected Namespace, Pod, Service, EndpointSlice or NetworkPolicy)",
                 show(d.get("kind"))
             )),
         }
