@@ -5,8 +5,7 @@
  *   to_container:   tc egress, packets about to enter the pod.
  */
 #include "lib/forward.h"
-#include "lib/lb.h"
-#include "lib/reject.h"
+#include "lib/service.h"
 
 SEC("classifier")
 int from_container(struct __sk_buff *skb)
@@ -42,27 +41,15 @@ int from_container(struct __sk_buff *skb)
 	if (l4 < 0)
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
 	if (l4 == 0) {
-		__u16 reason = 0;
-		__u8 outcome = SLUICE_OUTCOME_REVNAT;
-		enum lb_verdict v = lb4_reverse(skb, saddr, daddr, &t, &daddr, &reason);
-		if (v == LB_PASS) {
-			outcome = SLUICE_OUTCOME_DNAT;
-			v = lb4_translate(skb, saddr, daddr, &t, 0, 0, &daddr, &reason);
-			if (v == LB_PASS)
-				lb4_forget_stale_reply(saddr, daddr, &t);
-		}
-		if (v == LB_DROP && reason == SLUICE_DROP_NO_SERVICE_BACKEND) {
-			int verdict = reject_tcp_syn(skb, point, &t);
-			if (verdict >= 0)
-				return verdict;
-		}
-		if (v == LB_DROP)
-			return drop(skb, point, reason);
-		if (v == LB_DONE)
-			count(skb, point, outcome, 0);
+		__u8 outcome = 0;
+		int verdict = lb4_service_step(skb, point, saddr, &daddr, &t, 0, 0, &outcome);
+		if (verdict != SERVICE_CONTINUE)
+			return verdict;
+		if (!outcome)
+			lb4_forget_stale_reply(saddr, daddr, &t);
 		/* A reply translated back to a NodePort/ExternalIP frontend now comes from this
 		 * node (or an address it answers for): route it ourselves, the stack would drop it. */
-		if (v == LB_DONE && outcome == SLUICE_OUTCOME_REVNAT && !lookup_endpoint(daddr))
+		if (outcome == SLUICE_OUTCOME_REVNAT && !lookup_endpoint(daddr))
 			return forward_routed(skb, point, load_saddr(skb), daddr, ttl);
 	}
 

@@ -7,8 +7,7 @@
  *   address as source (unless the service keeps traffic local), so its replies return here.
  */
 #include "lib/forward.h"
-#include "lib/lb.h"
-#include "lib/reject.h"
+#include "lib/service.h"
 
 SEC("classifier")
 int from_netdev(struct __sk_buff *skb)
@@ -27,23 +26,12 @@ int from_netdev(struct __sk_buff *skb)
 	struct datapath_config *cfg = datapath_config();
 	if (!cfg)
 		return TC_ACT_OK;
-	__u16 reason = 0;
-	__u8 outcome = SLUICE_OUTCOME_REVNAT;
-	enum lb_verdict v = lb4_reverse(skb, saddr, daddr, &t, &daddr, &reason);
-	if (v == LB_PASS) {
-		outcome = SLUICE_OUTCOME_DNAT;
-		v = lb4_translate(skb, saddr, daddr, &t, cfg->node_ip, 1, &daddr, &reason);
-	}
-	if (v == LB_DROP && reason == SLUICE_DROP_NO_SERVICE_BACKEND) {
-		int verdict = reject_tcp_syn(skb, point, &t);
-		if (verdict >= 0)
-			return verdict;
-	}
-	if (v == LB_DROP)
-		return drop(skb, point, reason);
-	if (v == LB_PASS)
+	__u8 outcome = 0;
+	int verdict = lb4_service_step(skb, point, saddr, &daddr, &t, cfg->node_ip, 1, &outcome);
+	if (verdict != SERVICE_CONTINUE)
+		return verdict;
+	if (!outcome)
 		return TC_ACT_OK;  /* not ours: uncounted, this sees all of the node's traffic */
-	count(skb, point, outcome, 0);
 
 	if (ttl <= 1)
 		return to_stack(skb, point);
