@@ -59,6 +59,9 @@ pub struct Reconciled {
 #[derive(Default)]
 pub struct LbState {
     programmed: BTreeMap<Frontend, Programmed>,
+    /// Slots `programmed` occupies in sluice_lb4_svc (kept, not summed, so capacity checks
+    /// stay O(1) in a reconcile over thousands of frontends).
+    slots_used: usize,
     backends: BTreeMap<BackendAddr, BackendRef>,
     backend_addrs: BTreeMap<u32, BackendAddr>,
     backend_ids: Ids,
@@ -157,6 +160,7 @@ impl LbState {
                 (head.flags & SVC_AFFINITY != 0).then_some(head.affinity_timeout);
             let external = head.flags & SVC_EXTERNAL != 0;
             state.rev_nat_ids.next = state.rev_nat_ids.next.max(head.rev_nat_id);
+            state.slots_used += ids.len() + 1;
             state.programmed.insert(
                 f,
                 Programmed {
@@ -307,11 +311,7 @@ impl LbState {
 
     /// Whether programming `entry` for `f` stays within the maps' capacities.
     fn fits(&self, f: &Frontend, entry: &LbEntry) -> Result<(), String> {
-        let slots_now: usize = self
-            .programmed
-            .values()
-            .map(|p| p.backend_ids.len() + 1)
-            .sum();
+        let slots_now = self.slots_used;
         let old = self
             .programmed
             .get(f)
@@ -377,6 +377,9 @@ impl LbState {
 
     fn program(&mut self, dp: &mut Datapath, f: Frontend, entry: LbEntry) -> Result<(), String> {
         let old = self.programmed.remove(&f);
+        if let Some(o) = &old {
+            self.slots_used -= o.backend_ids.len() + 1;
+        }
         let rev_nat_id = match &old {
             Some(p) => p.rev_nat_id,
             None => {
@@ -454,6 +457,7 @@ impl LbState {
                 self.release_backend(dp, id)?;
             }
         }
+        self.slots_used += ids.len() + 1;
         self.programmed.insert(
             f,
             Programmed {
@@ -469,6 +473,7 @@ impl LbState {
         let Some(old) = self.programmed.remove(f) else {
             return Ok(());
         };
+        self.slots_used -= old.backend_ids.len() + 1;
         dp.lb()
             .remove_slot(&slot_key(f, 0))
             .map_err(|e| e.to_string())?;
