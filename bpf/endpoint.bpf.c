@@ -5,6 +5,7 @@
  *   to_container:   tc egress, packets about to enter the pod.
  */
 #include "lib/forward.h"
+#include "lib/policy.h"
 #include "lib/service.h"
 
 SEC("classifier")
@@ -40,18 +41,30 @@ int from_container(struct __sk_buff *skb)
 	int l4 = parse_l4(skb, ip, &t);
 	if (l4 < 0)
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
+	/* Egress policy judges the connection as it leaves: to the backend a service packet
+	 * is translated to, but a reply as the pod sent it (before the frontend is restored). */
+	struct flow4 flow = {};
+	flow_of(skb, ip, saddr, daddr, &t, l4 == 0, &flow);
+	__u8 outcome = 0;
 	if (l4 == 0) {
-		__u8 outcome = 0;
 		int verdict = lb4_service_step(skb, point, saddr, &daddr, &t, 0, 0, &outcome);
 		if (verdict != SERVICE_CONTINUE)
 			return verdict;
 		if (!outcome)
 			lb4_forget_stale_reply(saddr, daddr, &t);
-		/* A reply translated back to a NodePort/ExternalIP frontend now comes from this
-		 * node (or an address it answers for): route it ourselves, the stack would drop it. */
-		if (outcome == SLUICE_OUTCOME_REVNAT && !lookup_endpoint(daddr))
-			return forward_routed(skb, point, load_saddr(skb), daddr, ttl);
+		if (outcome == SLUICE_OUTCOME_DNAT) {
+			flow.daddr = daddr;
+			if (bpf_skb_load_bytes(skb, t.l4_off + 2, &flow.dport, sizeof(flow.dport)))
+				return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
+		}
 	}
+	__u16 denied = policy_enforce(skb, point, self, saddr, SLUICE_POLICY_EGRESS, &flow);
+	if (denied)
+		return drop(skb, point, denied);
+	/* A reply translated back to a NodePort/ExternalIP frontend now comes from this node
+	 * (or an address it answers for): route it ourselves, the stack would drop it. */
+	if (outcome == SLUICE_OUTCOME_REVNAT && !lookup_endpoint(daddr))
+		return forward_routed(skb, point, load_saddr(skb), daddr, ttl);
 
 	struct endpoint_info *peer = lookup_endpoint(daddr);
 	if (peer)
@@ -73,14 +86,35 @@ int to_container(struct __sk_buff *skb)
 	const __u8 point = SLUICE_POINT_TO_ENDPOINT;
 	struct iphdr *ip = 0;
 
-	if (parse_ipv4(skb, &ip) != PARSE_IPV4)
+	switch (parse_ipv4(skb, &ip)) {
+	case PARSE_NOT_IPV4:
 		return to_stack(skb, point);
-	/* Replies from a service backend: restore the frontend as their source. */
+	case PARSE_INVALID:
+		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
+	case PARSE_IPV4:
+		break;
+	}
+	__u32 saddr = ip->saddr, daddr = ip->daddr;
 	struct l4_tuple t = {};
-	if (parse_l4(skb, ip, &t) == 0) {
+	int l4 = parse_l4(skb, ip, &t);
+	if (l4 < 0)
+		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
+
+	/* Ingress policy, on the packet as it arrives (a reply still comes from the backend). */
+	struct endpoint_info *self = lookup_endpoint(daddr);
+	if (self && self->ifindex == skb->ifindex) {
+		struct flow4 flow = {};
+		flow_of(skb, ip, saddr, daddr, &t, l4 == 0, &flow);
+		if (l4 == 0 && !flow.new_conn)
+			flow_untranslate_reply(&flow);
+		__u16 denied = policy_enforce(skb, point, self, daddr, SLUICE_POLICY_INGRESS, &flow);
+		if (denied)
+			return drop(skb, point, denied);
+	}
+	/* Replies from a service backend: restore the frontend as their source. */
+	if (l4 == 0) {
 		__u16 reason = 0;
-		__u32 daddr = ip->daddr;
-		switch (lb4_reverse(skb, ip->saddr, daddr, &t, &daddr, &reason)) {
+		switch (lb4_reverse(skb, saddr, daddr, &t, &daddr, &reason)) {
 		case LB_DROP:
 			return drop(skb, point, reason);
 		case LB_DONE:
@@ -90,7 +124,6 @@ int to_container(struct __sk_buff *skb)
 			break;
 		}
 	}
-	/* Ingress policy lands here; for now every packet is delivered. */
 	return to_stack(skb, point);
 }
 

@@ -98,6 +98,34 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_sock_rnat SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_info);
+	__uint(max_entries, SLUICE_MAX_IPCACHE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_ipcache SEC(".maps");
+
+/* ipBlock prefixes of every policy -> their node-local CIDR identity. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, __u32);
+	__uint(max_entries, SLUICE_MAX_POLICY_CIDRS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_policy_cidrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_entry);
+	__uint(max_entries, SLUICE_MAX_POLICY);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_policy SEC(".maps");
+
 /* The template of a Maglev table; BPF_F_INNER_MAP lets tables of another size be stored. */
 struct maglev_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -20,6 +20,9 @@
 #define SLUICE_MAX_CT 65536        /* default; the agent sizes it at load time */
 #define SLUICE_MAX_AFFINITY 65536
 #define SLUICE_MAX_SOCK_REVNAT 65536
+#define SLUICE_MAX_IPCACHE 65536
+#define SLUICE_MAX_POLICY_CIDRS 16384
+#define SLUICE_MAX_POLICY 65536    /* default; the agent sizes it at load time */
 
 /* datapath_config.routing_mode */
 #define SLUICE_ROUTING_NATIVE 0
@@ -40,6 +43,7 @@
 
 /* Drop reasons (metrics_key.reason), numbered as Hubble's flow.DropReason. */
 #define SLUICE_DROP_INVALID_SOURCE_IP 132
+#define SLUICE_DROP_POLICY_DENIED 133
 #define SLUICE_DROP_INVALID_PACKET 134
 #define SLUICE_DROP_CT_INSERT_FAILED 155
 #define SLUICE_DROP_NO_SERVICE_BACKEND 158
@@ -51,6 +55,7 @@
 #define SLUICE_OUTCOME_REVNAT 6    /* reply source translated back to the frontend */
 #define SLUICE_OUTCOME_ROUTED 7    /* sent out by our own FIB lookup (source may be this node) */
 #define SLUICE_OUTCOME_REJECT 8    /* answered with a TCP RST (reason: why) */
+#define SLUICE_OUTCOME_POLICY_ALLOWED 9  /* a new connection an isolated endpoint's policy admitted */
 
 /* lb4_service.flags */
 #define SLUICE_SVC_AFFINITY 0x1    /* sessionAffinity: ClientIP */
@@ -79,6 +84,27 @@
 /* ct4_key.dir */
 #define SLUICE_CT_SERVICE 0        /* client -> frontend, as the client sent it */
 #define SLUICE_CT_REPLY 1          /* backend -> client, the reply to reverse-translate */
+#define SLUICE_CT_EGRESS 2         /* a connection a local endpoint opened, keyed as it sent it */
+#define SLUICE_CT_INGRESS 3        /* a connection to a local endpoint, keyed as it received it */
+
+/* Security identities reserved for what is not a pod (numbered as Cilium's). Pods get
+ * cluster identities from 256; ipBlock prefixes node-local ones from 1 << 24. */
+#define SLUICE_IDENTITY_ANY 0      /* policy entries only: every peer */
+#define SLUICE_IDENTITY_HOST 1     /* this node */
+#define SLUICE_IDENTITY_WORLD 2    /* anything the ipcache does not know */
+#define SLUICE_IDENTITY_REMOTE_NODE 6
+
+/* endpoint_info.flags: some policy selects the endpoint in that direction, so only what
+ * its policy entries allow may pass. */
+#define SLUICE_EP_INGRESS_ISOLATED 0x1
+#define SLUICE_EP_EGRESS_ISOLATED 0x2
+
+/* policy_key.direction */
+#define SLUICE_POLICY_INGRESS 0
+#define SLUICE_POLICY_EGRESS 1
+
+/* policy_entry.verdict; room for deny/audit/redirect-to-proxy later. */
+#define SLUICE_VERDICT_ALLOW 1
 
 /* A pod on this node, keyed by its IPv4 address. */
 struct endpoint_key {
@@ -89,8 +115,8 @@ struct endpoint_info {
 	__u32 ifindex;     /* host side of the pod's veth */
 	__u8 pod_mac[6];   /* MAC inside the pod */
 	__u8 host_mac[6];  /* MAC of the host side */
-	__u32 flags;       /* reserved, 0 */
-	__u32 identity;    /* security identity; 0 until policy assigns one */
+	__u32 flags;       /* SLUICE_EP_* */
+	__u32 identity;    /* security identity; 0 until the agent knows the pod */
 };
 
 /* LPM key: a remote pod CIDR (or single IP) and its prefix length. */
@@ -115,7 +141,7 @@ struct datapath_config {
 	__u32 node_ip;
 	__u32 vni;
 	__u32 maglev_size;  /* entries of every Maglev table */
-	__u32 pad;
+	__u32 policy_revision;  /* bumped on every policy change: tracked connections are re-judged */
 };
 
 /* Per-CPU counters by where and what happened. */
@@ -190,7 +216,7 @@ struct ct4_entry {
 	__u32 rev_nat_id;
 	__u32 backend_id;
 	__u32 alt_address;   /* 0: leave the other address alone */
-	__u32 pad;
+	__u32 policy_revision;  /* EGRESS/INGRESS entries: the policy they were admitted under */
 };
 
 /* sessionAffinity: ClientIP memory, per client and frontend. */
@@ -215,6 +241,44 @@ struct sock_revnat_key {
 	__u32 address;   /* backend */
 	__u16 port;      /* backend */
 	__u16 pad;
+};
+
+/*
+ * ipcache: who an address is. Pod /32s (every node's), node addresses; a miss is world.
+ * The same key shape serves the policy CIDR map (ipBlock prefix -> CIDR identity).
+ */
+struct ipcache_key {
+	__u32 prefixlen;
+	__u32 ip;
+};
+
+struct ipcache_info {
+	__u32 identity;
+	__u32 node_ip;     /* underlay address of the node hosting it; 0 for this node */
+};
+
+/*
+ * Policy entries of every local endpoint, in one LPM trie. The key is compared from the
+ * endpoint down to the port: an entry for any protocol stops after the direction, one for
+ * a port range covers the range's high bits. The identity is always exact (ANY is a value
+ * looked up separately).
+ */
+struct policy_key {
+	__u32 prefixlen;
+	__u32 endpoint;    /* the local endpoint's address */
+	__u32 identity;    /* the peer's identity */
+	__u8 direction;    /* SLUICE_POLICY_* */
+	__u8 proto;
+	__u16 dport;       /* network order, so its high bits come first */
+};
+
+#define SLUICE_POLICY_FULL_PREFIX 96
+
+struct policy_entry {
+	__u8 verdict;      /* SLUICE_VERDICT_* */
+	__u8 flags;        /* reserved, 0 */
+	__u16 proxy_port;  /* reserved for L7 redirects, 0 */
+	__u32 cookie;      /* names the rule that decided, for flows and counters */
 };
 
 #endif /* SLUICE_ABI_H */

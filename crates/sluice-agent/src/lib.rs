@@ -93,6 +93,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     lb_slots: core_cfg.maps.lb_slots,
                     backends: core_cfg.maps.backends,
                     conntrack: core_cfg.maps.conntrack,
+                    policy: core_cfg.maps.policy,
                 };
                 let dp =
                     Datapath::load_with_sizes(&core_cfg.pin_path(), &sizes).with_context(|| {

@@ -105,6 +105,8 @@ impl Core {
             node_ip: ip_to_be(node.info.address),
             vni: VNI,
             maglev_size: self.cfg.maglev_table_size,
+            // Tracked connections compare against it: it only moves forward.
+            policy_revision: self.dp.config().map(|c| c.policy_revision).unwrap_or(0),
             ..Default::default()
         };
         if self.cfg.routing == RoutingMode::Vxlan {

@@ -106,6 +106,7 @@ impl LbState {
                 lb_slots: capacity(sluice_datapath::lb::MAP_LB_SERVICES),
                 backends: capacity(sluice_datapath::lb::MAP_LB_BACKENDS),
                 conntrack: capacity(sluice_datapath::lb::MAP_CT),
+                policy: capacity(sluice_datapath::policy::MAP_POLICY),
             },
             ..Default::default()
         };

@@ -57,8 +57,11 @@ pub struct MapSizes {
     pub lb_slots: u32,
     /// Distinct service backends (address, port, protocol).
     pub backends: u32,
-    /// Tracked connections (two entries per translated connection; LRU when full).
+    /// Tracked connections (two entries per translated connection, one per policy-tracked
+    /// direction; LRU when full).
     pub conntrack: u32,
+    /// Policy entries of all local endpoints together.
+    pub policy: u32,
 }
 
 impl Default for MapSizes {
@@ -67,6 +70,7 @@ impl Default for MapSizes {
             lb_slots: 262_144,
             backends: 65_536,
             conntrack: 262_144,
+            policy: 65_536,
         }
     }
 }

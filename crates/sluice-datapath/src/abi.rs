@@ -19,6 +19,7 @@ pub const OUTCOME_ENCAP: u8 = 3;
 pub const OUTCOME_DROP: u8 = 4;
 
 pub const DROP_INVALID_SOURCE_IP: u16 = 132;
+pub const DROP_POLICY_DENIED: u16 = 133;
 pub const DROP_INVALID_PACKET: u16 = 134;
 pub const DROP_CT_INSERT_FAILED: u16 = 155;
 pub const DROP_NO_SERVICE_BACKEND: u16 = 158;
@@ -29,6 +30,7 @@ pub const OUTCOME_DNAT: u8 = 5;
 pub const OUTCOME_REVNAT: u8 = 6;
 pub const OUTCOME_ROUTED: u8 = 7;
 pub const OUTCOME_REJECT: u8 = 8;
+pub const OUTCOME_POLICY_ALLOWED: u8 = 9;
 
 pub const SVC_AFFINITY: u16 = 0x1;
 pub const SVC_EXTERNAL: u16 = 0x2;
@@ -40,6 +42,22 @@ pub const HAIRPIN_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 42,
 
 pub const CT_SERVICE: u8 = 0;
 pub const CT_REPLY: u8 = 1;
+pub const CT_EGRESS: u8 = 2;
+pub const CT_INGRESS: u8 = 3;
+
+pub const IDENTITY_ANY: u32 = 0;
+pub const IDENTITY_HOST: u32 = 1;
+pub const IDENTITY_WORLD: u32 = 2;
+pub const IDENTITY_REMOTE_NODE: u32 = 6;
+
+pub const EP_INGRESS_ISOLATED: u32 = 0x1;
+pub const EP_EGRESS_ISOLATED: u32 = 0x2;
+
+pub const POLICY_INGRESS: u8 = 0;
+pub const POLICY_EGRESS: u8 = 1;
+pub const VERDICT_ALLOW: u8 = 1;
+/// Bits of a policy key after its prefix length (endpoint, identity, direction, proto, port).
+pub const POLICY_FULL_PREFIX: u32 = 96;
 
 /// The address as the datapath stores it (network byte order in a native u32).
 pub fn ip_to_be(ip: Ipv4Addr) -> u32 {
@@ -91,7 +109,7 @@ pub struct DatapathConfig {
     pub node_ip: u32,
     pub vni: u32,
     pub maglev_size: u32,
-    pub pad: u32,
+    pub policy_revision: u32,
 }
 
 #[repr(C)]
@@ -169,7 +187,7 @@ pub struct Ct4Entry {
     pub rev_nat_id: u32,
     pub backend_id: u32,
     pub alt_address: u32,
-    pub pad: u32,
+    pub policy_revision: u32,
 }
 
 #[repr(C)]
@@ -185,6 +203,52 @@ pub struct Lb4Affinity {
     pub last_used_ns: u64,
     pub backend_id: u32,
     pub pad: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct IpcacheKey {
+    pub prefixlen: u32,
+    pub ip: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IpcacheInfo {
+    pub identity: u32,
+    pub node_ip: u32,
+}
+
+/// The whole LPM key as C declares it (for the layout test); maps use `PolicyKeyData`
+/// behind aya's `Key` (which adds the prefix length).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PolicyKey {
+    pub prefixlen: u32,
+    pub endpoint: u32,
+    pub identity: u32,
+    pub direction: u8,
+    pub proto: u8,
+    pub dport: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct PolicyKeyData {
+    pub endpoint: u32,
+    pub identity: u32,
+    pub direction: u8,
+    pub proto: u8,
+    pub dport: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyEntry {
+    pub verdict: u8,
+    pub flags: u8,
+    pub proxy_port: u16,
+    pub cookie: u32,
 }
 
 // SAFETY: plain #[repr(C)] data with no padding-sensitive invariants; any bit pattern is valid.
@@ -203,6 +267,9 @@ unsafe impl aya::Pod for Ct4Key {}
 unsafe impl aya::Pod for Ct4Entry {}
 unsafe impl aya::Pod for Lb4AffinityKey {}
 unsafe impl aya::Pod for Lb4Affinity {}
+unsafe impl aya::Pod for IpcacheInfo {}
+unsafe impl aya::Pod for PolicyKeyData {}
+unsafe impl aya::Pod for PolicyEntry {}
 
 /// One shared struct's layout: (C struct name, size, [(field, offset, size)]).
 pub type Layout = (&'static str, usize, Vec<(&'static str, usize, usize)>);
@@ -241,7 +308,7 @@ pub fn layouts() -> Vec<Layout> {
                 node_ip,
                 vni,
                 maglev_size,
-                pad
+                policy_revision
             ]
         ),
         layout!("metrics_key", MetricsKey, [point, outcome, reason]),
@@ -270,10 +337,22 @@ pub fn layouts() -> Vec<Layout> {
                 rev_nat_id,
                 backend_id,
                 alt_address,
-                pad
+                policy_revision
             ]
         ),
         layout!("lb4_affinity_key", Lb4AffinityKey, [client, rev_nat_id]),
         layout!("lb4_affinity", Lb4Affinity, [last_used_ns, backend_id, pad]),
+        layout!("ipcache_key", IpcacheKey, [prefixlen, ip]),
+        layout!("ipcache_info", IpcacheInfo, [identity, node_ip]),
+        layout!(
+            "policy_key",
+            PolicyKey,
+            [prefixlen, endpoint, identity, direction, proto, dport]
+        ),
+        layout!(
+            "policy_entry",
+            PolicyEntry,
+            [verdict, flags, proxy_port, cookie]
+        ),
     ]
 }

@@ -12,6 +12,7 @@ pub mod features;
 pub mod lb;
 mod loader;
 mod objects;
+pub mod policy;
 pub mod socklb;
 pub mod testrun;
 
@@ -38,6 +39,7 @@ pub struct Datapath {
     config: Array<MapData, DatapathConfig>,
     metrics: PerCpuHashMap<MapData, MetricsKey, MetricsValue>,
     lb: lb::LbMaps,
+    policy: policy::PolicyMaps,
 }
 
 impl Datapath {
@@ -65,6 +67,7 @@ impl Datapath {
         let metrics = PerCpuHashMap::try_from(take(MAP_METRICS, &mut objects)?)
             .map_err(map_err(MAP_METRICS))?;
         let lb = lb::LbMaps::take(&mut objects.endpoint)?;
+        let policy = policy::PolicyMaps::take(&mut objects.endpoint)?;
         Ok(Self {
             pin_path: pin_path.to_path_buf(),
             objects,
@@ -73,6 +76,7 @@ impl Datapath {
             config,
             metrics,
             lb,
+            policy,
         })
     }
 
@@ -87,6 +91,15 @@ impl Datapath {
 
     pub fn lb_ref(&self) -> &lb::LbMaps {
         &self.lb
+    }
+
+    /// The ipcache and policy maps.
+    pub fn policy(&mut self) -> &mut policy::PolicyMaps {
+        &mut self.policy
+    }
+
+    pub fn policy_ref(&self) -> &policy::PolicyMaps {
+        &self.policy
     }
 
     /// A loaded program, e.g. for BPF_PROG_TEST_RUN.
@@ -236,6 +249,15 @@ impl Datapath {
 
     pub fn config(&self) -> Result<DatapathConfig> {
         self.config.get(&0, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    /// Tells the datapath the policy changed: each tracked connection is re-judged by its
+    /// next packet. Call after the new entries are all written.
+    pub fn bump_policy_revision(&mut self) -> Result<u32> {
+        let mut config = self.config()?;
+        config.policy_revision = config.policy_revision.wrapping_add(1);
+        self.set_config(config)?;
+        Ok(config.policy_revision)
     }
 
     /// Counters summed over CPUs, sorted by key.

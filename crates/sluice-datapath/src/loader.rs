@@ -15,6 +15,8 @@ pub struct MapSizes {
     pub lb_slots: u32,
     pub backends: u32,
     pub conntrack: u32,
+    /// Policy entries of all local endpoints together.
+    pub policy: u32,
 }
 
 impl Default for MapSizes {
@@ -23,16 +25,18 @@ impl Default for MapSizes {
             lb_slots: 262_144,
             backends: 65_536,
             conntrack: 65_536,
+            policy: 65_536,
         }
     }
 }
 
 impl MapSizes {
-    fn overrides(&self) -> [(&'static str, u32); 3] {
+    fn overrides(&self) -> [(&'static str, u32); 4] {
         [
             (crate::lb::MAP_LB_SERVICES, self.lb_slots),
             (crate::lb::MAP_LB_BACKENDS, self.backends),
             (crate::lb::MAP_CT, self.conntrack),
+            (crate::policy::MAP_POLICY, self.policy),
         ]
     }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::{checksum, require_root, run, TestDatapath};
+use common::{packet, parse, require_root, run, TestDatapath};
 use sluice_datapath::abi::*;
 use sluice_datapath::testrun::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 use sluice_datapath::EndpointInfo;
@@ -19,82 +19,6 @@ const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const LO: u32 = 1;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
-
-/// Ethernet + IPv4 + TCP/UDP with correct checksums.
-fn packet(
-    proto: u8,
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
-    tcp_flags: u8,
-    udp_csum: bool,
-) -> Vec<u8> {
-    let payload = b"ping";
-    let l4_len = if proto == TCP { 20 } else { 8 } + payload.len();
-    let mut p = vec![0u8; 12];
-    p.extend_from_slice(&[0x08, 0x00]);
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
-    ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
-    ip.extend_from_slice(&src.0.octets());
-    ip.extend_from_slice(&dst.0.octets());
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut l4 = Vec::new();
-    l4.extend_from_slice(&src.1.to_be_bytes());
-    l4.extend_from_slice(&dst.1.to_be_bytes());
-    if proto == TCP {
-        l4.extend_from_slice(&[
-            0, 0, 0, 1, 0, 0, 0, 0, 0x50, tcp_flags, 0xff, 0xff, 0, 0, 0, 0,
-        ]);
-    } else {
-        l4.extend_from_slice(&(l4_len as u16).to_be_bytes());
-        l4.extend_from_slice(&[0, 0]);
-    }
-    l4.extend_from_slice(payload);
-    if proto == TCP || udp_csum {
-        let c = l4_checksum(&ip, &l4);
-        let off = if proto == TCP { 16 } else { 6 };
-        l4[off..off + 2].copy_from_slice(&c.to_be_bytes());
-    }
-    p.extend_from_slice(&ip);
-    p.extend_from_slice(&l4);
-    p
-}
-
-fn l4_checksum(ip: &[u8], l4: &[u8]) -> u16 {
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&ip[12..20]);
-    pseudo.extend_from_slice(&[0, ip[9]]);
-    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-    let mut both = pseudo;
-    both.extend_from_slice(l4);
-    checksum(&both)
-}
-
-struct Parsed {
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
-    ip_ok: bool,
-    l4_ok: bool,
-    l4_csum: u16,
-    ttl: u8,
-}
-
-fn parse(p: &[u8]) -> Parsed {
-    let ip = &p[14..34];
-    let l4 = &p[34..];
-    let addr = |o: usize| Ipv4Addr::new(ip[o], ip[o + 1], ip[o + 2], ip[o + 3]);
-    let port = |o: usize| u16::from_be_bytes([l4[o], l4[o + 1]]);
-    let off = if ip[9] == TCP { 16 } else { 6 };
-    let l4_csum = u16::from_be_bytes([l4[off], l4[off + 1]]);
-    Parsed {
-        src: (addr(12), port(0)),
-        dst: (addr(16), port(2)),
-        ip_ok: checksum(ip) == 0,
-        l4_ok: (ip[9] == UDP && l4_csum == 0) || l4_checksum(ip, l4) == 0,
-        l4_csum,
-        ttl: ip[8],
-    }
-}
 
 fn be(ip: Ipv4Addr) -> u32 {
     ip_to_be(ip)
@@ -237,7 +161,17 @@ fn a_connection_is_translated_tracked_and_its_replies_reversed() {
     assert!(p.ip_ok && p.l4_ok, "checksums stay valid after reverse NAT");
 
     let ct = t.dp.lb_ref().conntrack().unwrap();
-    assert_eq!(ct.len(), 2, "one forward and one reply entry: {ct:?}");
+    let count = |dir| ct.iter().filter(|(k, _)| k.dir == dir).count();
+    assert_eq!(
+        (count(CT_SERVICE), count(CT_REPLY)),
+        (1, 1),
+        "one forward and one reply entry: {ct:?}"
+    );
+    assert_eq!(
+        count(CT_EGRESS),
+        1,
+        "policy tracks the connection too: {ct:?}"
+    );
 }
 
 #[test]

@@ -32,6 +32,7 @@ pub fn config(state: &LabState, paths: &LabPaths, node: &str) -> AgentConfig {
             lb_slots: 65_536,
             backends: 16_384,
             conntrack: 65_536,
+            policy: 16_384,
         },
         // Each node has its own network namespace, so every agent can use the same port.
         metrics_address: "127.0.0.1:9962".into(),

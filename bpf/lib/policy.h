@@ -1,0 +1,264 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/*
+ * Network policy at the endpoint: who the peer is (ipcache), whether the endpoint's entries
+ * allow it, and connection tracking so replies of an admitted connection always pass.
+ * Userspace flattens every policy into entries; here we only look up.
+ */
+#ifndef SLUICE_POLICY_H
+#define SLUICE_POLICY_H
+
+#include "forward.h"
+#include "l4.h"
+
+#ifndef IPPROTO_SCTP
+#define IPPROTO_SCTP 132
+#endif
+
+/* ICMP types (RFC 792); <linux/icmp.h> drags in libc headers a BPF build cannot use. */
+#define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+struct icmp_echo_hdr {
+	__u8 type;
+	__u8 code;
+	__u16 checksum;
+	__u16 id;
+	__u16 sequence;
+};
+
+/* The connection a packet belongs to, as policy sees it (ports in network order). */
+struct flow4 {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 new_conn;    /* a bare TCP SYN: never a reply, always judged afresh */
+	__u8 reply_only;  /* ICMP errors and echo replies: never start a connection */
+};
+
+/*
+ * Fills the ports of a packet that parse_l4 did not handle: SCTP ports, ICMP echo ids
+ * (request: id as source port; reply: as destination port, so it is the request reversed)
+ * and ICMP errors, which stand for the connection quoted inside them, seen as a reply.
+ */
+static __always_inline void flow_other_l4(struct __sk_buff *skb, const struct iphdr *ip,
+					  struct flow4 *f)
+{
+	__u32 off = ETH_HLEN + ip->ihl * 4;
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return;  /* a later fragment: no header to read */
+	if (ip->protocol == IPPROTO_SCTP) {
+		__u16 ports[2];
+		if (!bpf_skb_load_bytes(skb, off, ports, sizeof(ports))) {
+			f->sport = ports[0];
+			f->dport = ports[1];
+		}
+		return;
+	}
+	if (ip->protocol != IPPROTO_ICMP)
+		return;
+	struct icmp_echo_hdr icmp;
+	if (bpf_skb_load_bytes(skb, off, &icmp, sizeof(icmp)))
+		return;
+	switch (icmp.type) {
+	case ICMP_ECHO:
+		f->sport = icmp.id;
+		return;
+	case ICMP_ECHOREPLY:
+		f->dport = icmp.id;
+		f->reply_only = 1;
+		return;
+	case ICMP_DEST_UNREACH:
+	case ICMP_TIME_EXCEEDED:
+	case ICMP_PARAMETERPROB:
+		break;
+	default:
+		return;
+	}
+	struct iphdr inner;
+	__u16 ports[2] = {};
+	f->reply_only = 1;
+	if (bpf_skb_load_bytes(skb, off + sizeof(icmp), &inner, sizeof(inner)))
+		return;
+	if (inner.protocol == IPPROTO_TCP || inner.protocol == IPPROTO_UDP ||
+	    inner.protocol == IPPROTO_SCTP)
+		bpf_skb_load_bytes(skb, off + sizeof(icmp) + (inner.ihl & 0xf) * 4, ports,
+				   sizeof(ports));
+	/* The quoted packet went the other way: the error is its connection's reply. */
+	f->saddr = inner.daddr;
+	f->daddr = inner.saddr;
+	f->sport = ports[1];
+	f->dport = ports[0];
+	f->proto = inner.protocol;
+}
+
+/* The flow of a packet: from its TCP/UDP tuple when it has one, else from the headers. */
+static __always_inline void flow_of(struct __sk_buff *skb, const struct iphdr *ip, __u32 saddr,
+				    __u32 daddr, const struct l4_tuple *t, int has_l4,
+				    struct flow4 *f)
+{
+	f->saddr = saddr;
+	f->daddr = daddr;
+	f->proto = ip->protocol;
+	if (has_l4) {
+		f->sport = t->sport;
+		f->dport = t->dport;
+		f->new_conn = t->proto == IPPROTO_TCP &&
+			      (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+		return;
+	}
+	flow_other_l4(skb, ip, f);
+}
+
+/*
+ * A reply whose source is already the service frontend again (a backend on this node
+ * had it translated as it left) is judged as what it was: the backend's reply, since the
+ * connection was admitted towards the backend.
+ */
+static __always_inline void flow_untranslate_reply(struct flow4 *f)
+{
+	struct ct4_key k = {
+		.saddr = f->daddr, .daddr = f->saddr, .sport = f->dport, .dport = f->sport,
+		.proto = f->proto, .dir = SLUICE_CT_SERVICE,
+	};
+	struct ct4_entry *e = bpf_map_lookup_elem(&sluice_ct4, &k);
+	if (e) {
+		f->saddr = e->nat_address;
+		f->sport = e->nat_port;
+	}
+}
+
+static __always_inline __u32 identity_of(__u32 ip)
+{
+	struct ipcache_key key = { .prefixlen = 32, .ip = ip };
+	struct ipcache_info *info = bpf_map_lookup_elem(&sluice_ipcache, &key);
+	return info ? info->identity : SLUICE_IDENTITY_WORLD;
+}
+
+/*
+ * The endpoint's entry for a peer: by the peer's own identity, then by the identity of the
+ * policy prefix holding its address (ipBlock), then for any peer.
+ */
+static __always_inline struct policy_entry *policy_lookup(__u32 endpoint, __u8 dir, __u32 peer,
+							  __u8 proto, __u16 dport)
+{
+	struct policy_key key = {
+		.prefixlen = SLUICE_POLICY_FULL_PREFIX, .endpoint = endpoint,
+		.identity = identity_of(peer), .direction = dir, .proto = proto, .dport = dport,
+	};
+	struct policy_entry *e = bpf_map_lookup_elem(&sluice_policy, &key);
+	if (e)
+		return e;
+	struct ipcache_key cidr = { .prefixlen = 32, .ip = peer };
+	__u32 *cidr_identity = bpf_map_lookup_elem(&sluice_policy_cidrs, &cidr);
+	if (cidr_identity) {
+		key.identity = *cidr_identity;
+		e = bpf_map_lookup_elem(&sluice_policy, &key);
+		if (e)
+			return e;
+	}
+	key.identity = SLUICE_IDENTITY_ANY;
+	return bpf_map_lookup_elem(&sluice_policy, &key);
+}
+
+/* Whether the endpoint's policy admits a connection, keyed as it is tracked in `dir`. */
+static __always_inline int policy_admits(const struct endpoint_info *ep, __u32 endpoint,
+					 __u8 dir, __u32 saddr, __u32 daddr, __u16 dport,
+					 __u8 proto)
+{
+	__u32 isolated = dir == SLUICE_POLICY_INGRESS ? SLUICE_EP_INGRESS_ISOLATED
+						       : SLUICE_EP_EGRESS_ISOLATED;
+	if (!(ep->flags & isolated))
+		return 1;
+	__u32 peer = dir == SLUICE_POLICY_INGRESS ? saddr : daddr;
+	struct policy_entry *e = policy_lookup(endpoint, dir, peer, proto, dport);
+	return e && e->verdict == SLUICE_VERDICT_ALLOW;
+}
+
+static __always_inline __u8 ct_dir_of(__u8 policy_dir)
+{
+	return policy_dir == SLUICE_POLICY_INGRESS ? SLUICE_CT_INGRESS : SLUICE_CT_EGRESS;
+}
+
+enum ct_policy_state { CT_UNKNOWN, CT_ADMITTED, CT_REVOKED };
+
+/*
+ * A tracked connection stays admitted while the policy is unchanged; after a change its
+ * next packet re-judges it as it was first judged, so a revoked connection stops at once
+ * (and its entry goes).
+ */
+static __always_inline int ct_lookup_admitted(const struct ct4_key *k,
+					      const struct endpoint_info *ep, __u32 endpoint,
+					      __u8 dir, __u32 revision, __u64 now, __u64 lifetime)
+{
+	struct ct4_entry *e = bpf_map_lookup_elem(&sluice_ct4, k);
+	if (!e || now - e->last_seen_ns >= lifetime)
+		return CT_UNKNOWN;
+	if (e->policy_revision != revision) {
+		if (!policy_admits(ep, endpoint, dir, k->saddr, k->daddr, k->dport, k->proto)) {
+			bpf_map_delete_elem(&sluice_ct4, k);
+			return CT_REVOKED;
+		}
+		e->policy_revision = revision;
+	}
+	e->last_seen_ns = now;
+	return CT_ADMITTED;
+}
+
+/*
+ * Enforces `endpoint`'s policy in `dir` on a packet of flow `f` (egress: the endpoint
+ * sends it; ingress: it is about to enter the endpoint). Returns 0 to let it pass, else
+ * the drop reason. Every new connection is tracked, isolated or not, so that its replies
+ * pass even when the other direction becomes isolated later.
+ */
+static __always_inline __u16 policy_enforce(struct __sk_buff *skb, __u8 point,
+					    const struct endpoint_info *ep, __u32 endpoint,
+					    __u8 dir, const struct flow4 *f)
+{
+	/* A pod reaching itself (through a service: hairpin) is never judged. */
+	if (f->saddr == f->daddr || f->saddr == SLUICE_HAIRPIN_IP || f->daddr == SLUICE_HAIRPIN_IP)
+		return 0;
+	struct datapath_config *cfg = datapath_config();
+	__u32 revision = cfg ? cfg->policy_revision : 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 lifetime = f->proto == IPPROTO_TCP ? SLUICE_CT_LIFETIME_TCP_NS : SLUICE_CT_LIFETIME_UDP_NS;
+	__u8 other = dir == SLUICE_POLICY_INGRESS ? SLUICE_POLICY_EGRESS : SLUICE_POLICY_INGRESS;
+
+	struct ct4_key rev = {
+		.saddr = f->daddr, .daddr = f->saddr, .sport = f->dport, .dport = f->sport,
+		.proto = f->proto, .dir = ct_dir_of(other),
+	};
+	struct ct4_key fwd = {
+		.saddr = f->saddr, .daddr = f->daddr, .sport = f->sport, .dport = f->dport,
+		.proto = f->proto, .dir = ct_dir_of(dir),
+	};
+	if (!f->new_conn) {
+		/* A reply of a connection admitted the other way, or a later packet of one
+		 * admitted this way. */
+		int known = ct_lookup_admitted(&rev, ep, endpoint, other, revision, now, lifetime);
+		if (known == CT_UNKNOWN)
+			known = ct_lookup_admitted(&fwd, ep, endpoint, dir, revision, now, lifetime);
+		if (known == CT_ADMITTED)
+			return 0;
+		if (known == CT_REVOKED)
+			return SLUICE_DROP_POLICY_DENIED;
+	}
+	if (!policy_admits(ep, endpoint, dir, f->saddr, f->daddr, f->dport, f->proto))
+		return SLUICE_DROP_POLICY_DENIED;
+	if (f->reply_only)
+		return 0;
+	__u32 isolated = dir == SLUICE_POLICY_INGRESS ? SLUICE_EP_INGRESS_ISOLATED
+						       : SLUICE_EP_EGRESS_ISOLATED;
+	if (ep->flags & isolated)
+		count(skb, point, SLUICE_OUTCOME_POLICY_ALLOWED, 0);
+	struct ct4_entry entry = { .last_seen_ns = now, .policy_revision = revision };
+	if (bpf_map_update_elem(&sluice_ct4, &fwd, &entry, BPF_ANY))
+		return SLUICE_DROP_CT_INSERT_FAILED;
+	return 0;
+}
+
+#endif /* SLUICE_POLICY_H */
