@@ -61,6 +61,9 @@ pub struct Core {
     pub(crate) services_synced: bool,
     /// Kept so the programs stay loaded while the process runs (the links are pinned anyway).
     pub(crate) sock_lb: Option<sluice_datapath::socklb::SockLb>,
+    pub(crate) policy: crate::policy::PolicyState,
+    /// Problems of the latest policy reconcile (replaced each time).
+    pub(crate) policy_problems: Vec<String>,
 }
 
 impl Core {
@@ -94,8 +97,17 @@ impl Core {
 
     fn handle(&mut self, request: Request) -> Result<Response, ApiError> {
         match request {
-            Request::Add { key, netns, pod } => self.add(key, netns, pod).map(Response::Added),
-            Request::Del { key, .. } => self.del(&key).map(|existed| Response::Deleted { existed }),
+            Request::Add { key, netns, pod } => {
+                let added = self.add(key, netns, pod);
+                // Identity and policy before the runtime starts the pod's processes.
+                self.reconcile_policy();
+                added.map(Response::Added)
+            }
+            Request::Del { key, .. } => {
+                let deleted = self.del(&key);
+                self.reconcile_policy();
+                deleted.map(|existed| Response::Deleted { existed })
+            }
             Request::Check { key, netns } => self
                 .check(&key, &netns)
                 .map(|problems| Response::Checked { problems }),
@@ -109,11 +121,27 @@ impl Core {
             Request::ListServices => Ok(Response::Services {
                 services: self.service_list(),
             }),
+            Request::GetEndpoint { pod } => {
+                self.endpoint_detail(&pod).map(Response::EndpointDetail)
+            }
+            Request::ListPolicies => Ok(Response::Policies {
+                policies: self.policy_list(),
+            }),
+            Request::PolicyTrace {
+                from,
+                to,
+                protocol,
+                port,
+            } => self
+                .policy_trace(&from, &to, &protocol, port)
+                .map(Response::Trace),
         }
     }
 
     fn apply_snapshot(&mut self, snapshot: Snapshot) {
-        let (desired, mut problems) = DesiredState::build(&snapshot.objects);
+        // An invalid policy keeps its last valid version: never fail open or closed on a typo.
+        let (desired, mut problems) =
+            DesiredState::build_with_previous(&snapshot.objects, &self.desired);
         problems.extend(snapshot.problems);
         for p in &problems {
             tracing::warn!(problem = %p, "desired state");
@@ -122,6 +150,7 @@ impl Core {
         let old = std::mem::replace(&mut self.desired, desired);
         self.reconcile_nodes();
         self.reconcile_services(self.services_synced.then_some(&old));
+        self.reconcile_policy();
     }
 
     /// `old`: the state the maps were last reconciled to, when they were.
@@ -213,6 +242,7 @@ impl Core {
         problems.extend(self.node_problems.iter().cloned());
         problems.extend(self.uplink_problem.iter().cloned());
         problems.extend(self.service_problems.iter().cloned());
+        problems.extend(self.policy_problems.iter().cloned());
         if self.node.is_none() {
             problems.push(format!(
                 "Node {:?} not found in {}",
@@ -257,6 +287,9 @@ impl Core {
             services: self.lb.frontends(),
             backends: self.lb.backend_count(),
             counters,
+            policies: self.desired.policies.len(),
+            policy_entries: self.policy.counts().0,
+            ipcache_entries: self.policy.counts().1,
         }
     }
 }
@@ -270,6 +303,9 @@ fn request_name(r: &Request) -> &'static str {
         Request::Status => "status",
         Request::ListEndpoints => "list_endpoints",
         Request::ListServices => "list_services",
+        Request::GetEndpoint { .. } => "get_endpoint",
+        Request::ListPolicies => "list_policies",
+        Request::PolicyTrace { .. } => "policy_trace",
     }
 }
 
@@ -291,6 +327,7 @@ fn counter(k: abi::MetricsKey, v: abi::MetricsValue) -> Counter {
         abi::OUTCOME_REVNAT => "service-revnat",
         abi::OUTCOME_ROUTED => "routed",
         abi::OUTCOME_REJECT => "reject",
+        abi::OUTCOME_POLICY_ALLOWED => "policy-allowed",
         _ => "unknown",
     };
     let reason = match k.reason {
@@ -301,6 +338,7 @@ fn counter(k: abi::MetricsKey, v: abi::MetricsValue) -> Counter {
         abi::DROP_NO_SERVICE_BACKEND => "service-backend-not-found".into(),
         abi::DROP_CT_INSERT_FAILED => "ct-map-insertion-failed".into(),
         abi::DROP_FIB_LOOKUP_FAILED => "fib-lookup-failed".into(),
+        abi::DROP_POLICY_DENIED => "policy-denied".into(),
         other => format!("reason-{other}"),
     };
     Counter {

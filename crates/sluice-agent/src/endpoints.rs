@@ -159,13 +159,11 @@ impl Core {
             pod_mac: made.pod_mac,
             mtu: made.mtu,
         };
+        let info = endpoint_info(&iface, self.policy.endpoint_bits(record.address));
         let attached = self
             .dp
             .attach_endpoint(&record.host_ifname, iface.host_ifindex)
-            .and_then(|_| {
-                self.dp
-                    .upsert_endpoint(record.address, endpoint_info(&iface))
-            });
+            .and_then(|_| self.dp.upsert_endpoint(record.address, info));
         if let Err(e) = attached {
             let _ = self.dp.detach(&record.host_ifname, iface.host_ifindex);
             let _ = pod::teardown(&record.host_ifname, Some(record.address));
@@ -264,10 +262,14 @@ impl Core {
                 "{} is missing from the datapath's endpoint map",
                 record.address
             )),
-            Some((_, info)) if *info != endpoint_info(iface) => problems.push(format!(
-                "endpoint map entry for {} is out of date",
-                record.address
-            )),
+            Some((_, info))
+                if *info != endpoint_info(iface, self.policy.endpoint_bits(record.address)) =>
+            {
+                problems.push(format!(
+                    "endpoint map entry for {} is out of date",
+                    record.address
+                ))
+            }
             Some(_) => {}
         }
         Ok(problems)
@@ -335,13 +337,11 @@ impl Core {
                         .iter()
                         .any(|l| l.index == iface.host_ifindex && l.name == record.host_ifname);
                     if alive {
+                        let info = endpoint_info(iface, self.policy.endpoint_bits(record.address));
                         let result = self
                             .dp
                             .attach_endpoint(&record.host_ifname, iface.host_ifindex)
-                            .and_then(|_| {
-                                self.dp
-                                    .upsert_endpoint(record.address, endpoint_info(iface))
-                            });
+                            .and_then(|_| self.dp.upsert_endpoint(record.address, info));
                         if let Err(e) = result {
                             self.state_problems
                                 .push(format!("re-attaching {}: {e}", record.host_ifname));
@@ -388,12 +388,15 @@ impl Core {
     }
 }
 
-pub(crate) fn endpoint_info(iface: &Interface) -> EndpointInfo {
+/// The endpoint map entry of an interface; identity and isolation flags belong to policy and
+/// are kept as it programmed them, so rewriting an entry never opens an isolated pod.
+pub(crate) fn endpoint_info(iface: &Interface, (identity, flags): (u32, u32)) -> EndpointInfo {
     EndpointInfo {
         ifindex: iface.host_ifindex,
         pod_mac: iface.pod_mac,
         host_mac: iface.host_mac,
-        ..Default::default()
+        flags,
+        identity,
     }
 }
 

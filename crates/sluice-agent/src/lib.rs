@@ -4,9 +4,12 @@
 mod api;
 mod core;
 mod endpoints;
+mod identities;
 mod metrics;
 mod nodes;
 mod overlay;
+mod policy;
+mod policy_requests;
 mod services;
 pub mod source;
 mod store;
@@ -44,6 +47,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<AgentConfig> {
         ("maps.lbSlots", cfg.maps.lb_slots),
         ("maps.backends", cfg.maps.backends),
         ("maps.conntrack", cfg.maps.conntrack),
+        ("maps.policy", cfg.maps.policy),
     ] {
         if !(16..=1 << 24).contains(&value) {
             bail!(
@@ -122,6 +126,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 };
                 let lb = services::LbState::load(&dp, core_cfg.maglev_table_size)
                     .map_err(|e| anyhow::anyhow!("reading service maps: {e}"))?;
+                let policy = policy::PolicyState::load(&dp, &core_cfg.identity_dir())
+                    .map_err(|e| anyhow::anyhow!("reading policy maps: {e}"))?;
                 let mut core = Core {
                     cfg: core_cfg,
                     source: description,
@@ -144,6 +150,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     lb,
                     services_synced: false,
                     sock_lb,
+                    policy,
+                    policy_problems: Vec::new(),
                 };
                 let stale = core
                     .lb

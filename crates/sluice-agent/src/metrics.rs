@@ -195,6 +195,9 @@ mod tests {
                 packets: 42,
                 bytes: 4200,
             }],
+            policies: 0,
+            policy_entries: 0,
+            ipcache_entries: 0,
         };
         let text = render(&status);
         for line in [

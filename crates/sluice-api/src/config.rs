@@ -116,6 +116,11 @@ pub struct AgentConfig {
     /// Default: the root of the first cgroup2 mount.
     #[serde(default)]
     pub cgroup_path: Option<PathBuf>,
+    /// Where security identities are allocated: a directory every agent of the cluster
+    /// shares (one file per identity, claimed atomically). Default `<stateDir>/identities`,
+    /// which suits a single node.
+    #[serde(default)]
+    pub identity_dir: Option<PathBuf>,
 }
 
 fn default_metrics_address() -> String {
@@ -141,6 +146,12 @@ fn default_vxlan_port() -> u16 {
 }
 
 impl AgentConfig {
+    pub fn identity_dir(&self) -> PathBuf {
+        self.identity_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("identities"))
+    }
+
     pub fn pin_path(&self) -> PathBuf {
         self.bpf_pin_path
             .clone()

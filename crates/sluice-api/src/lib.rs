@@ -59,6 +59,19 @@ pub enum Request {
     ListEndpoints,
     /// Service frontends and their backends as programmed in the datapath.
     ListServices,
+    /// One local endpoint's identity and computed allow-lists; `pod` is "namespace/name"
+    /// or the pod's address.
+    GetEndpoint { pod: String },
+    /// The NetworkPolicies of the desired state and the pods each selects.
+    ListPolicies,
+    /// Whether policy lets `from` reach `to` on `port`/`protocol`, and which rule decides.
+    /// `from`/`to`: "namespace/name" of a pod, or an IPv4 address.
+    PolicyTrace {
+        from: String,
+        to: String,
+        protocol: String,
+        port: u16,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,7 +84,53 @@ pub enum Response {
     Status(AgentStatus),
     Endpoints { endpoints: Vec<Endpoint> },
     Services { services: Vec<ServiceEntry> },
+    EndpointDetail(EndpointDetail),
+    Policies { policies: Vec<PolicySummary> },
+    Trace(PolicyTrace),
     Error(ApiError),
+}
+
+/// A local endpoint as policy sees it (`sluice endpoint get`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointDetail {
+    pub pod: Option<PodRef>,
+    pub address: Ipv4Addr,
+    /// Security identity (0: the pod is not in the desired state yet).
+    pub identity: u32,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub ingress_isolated: bool,
+    pub egress_isolated: bool,
+    /// What may come in / go out, as programmed.
+    pub ingress: Vec<AllowEntry>,
+    pub egress: Vec<AllowEntry>,
+}
+
+/// One programmed allowance of an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowEntry {
+    /// "identity 301 (k8s:ns=x;app=a)", "10.0.0.0/8", "any", "host"
+    pub peer: String,
+    /// "TCP/80", "UDP/8000-8007", "TCP/any", "any"
+    pub ports: String,
+    /// The rule that allows it, e.g. "NetworkPolicy x/allow rule ingress[0]".
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySummary {
+    /// "namespace/name"
+    pub name: String,
+    /// "Ingress", "Egress"
+    pub types: Vec<String>,
+    /// Pods it selects, "namespace/name".
+    pub selects: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyTrace {
+    pub allowed: bool,
+    /// Human-readable reasoning, one step per line.
+    pub explanation: String,
 }
 
 /// What `Add` made: enough for a CNI result.
@@ -152,6 +211,15 @@ pub struct AgentStatus {
     /// Datapath packet counters, summed over CPUs.
     #[serde(default)]
     pub counters: Vec<Counter>,
+    /// NetworkPolicies in the desired state.
+    #[serde(default)]
+    pub policies: usize,
+    /// Policy entries of this node's endpoints, as programmed.
+    #[serde(default)]
+    pub policy_entries: usize,
+    /// Addresses the ipcache knows (pods and nodes).
+    #[serde(default)]
+    pub ipcache_entries: usize,
 }
 
 /// One datapath counter: where (observation point), what happened, and why (drops).

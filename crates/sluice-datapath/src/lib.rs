@@ -196,6 +196,14 @@ impl Datapath {
             .map_err(map_err(MAP_ENDPOINTS))
     }
 
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Result<Option<EndpointInfo>> {
+        match self.endpoints.get(&EndpointKey { ip: ip_to_be(ip) }, 0) {
+            Ok(info) => Ok(Some(info)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_ENDPOINTS)(e)),
+        }
+    }
+
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<bool> {
         match self.endpoints.remove(&EndpointKey { ip: ip_to_be(ip) }) {
             Ok(()) => Ok(true),

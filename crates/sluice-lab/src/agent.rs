@@ -43,6 +43,8 @@ pub fn config(state: &LabState, paths: &LabPaths, node: &str) -> AgentConfig {
             .cgroup_root
             .as_deref()
             .map(|root| names::node_pods_cgroup(root, &state.name, node)),
+        // One allocator for the whole lab: every node gives the same labels the same number.
+        identity_dir: Some(paths.identities()),
     }
 }
 

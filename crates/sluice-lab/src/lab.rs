@@ -193,6 +193,36 @@ impl Lab {
         self.state.save(&self.paths)
     }
 
+    /// Adds or replaces a manifest file of the desired state, as `kubectl apply` would; the
+    /// agents react as to any change. `name` ([a-z0-9-]) names the file `applied-<name>.yaml`.
+    pub fn apply_manifest(&self, name: &str, yaml: &str) -> Result<()> {
+        let path = self.applied_file(name)?;
+        crate::state::write_atomic(&path, yaml.as_bytes())
+    }
+
+    /// Removes a file `apply_manifest` wrote; Ok(false) when there was none.
+    pub fn delete_manifest(&self, name: &str) -> Result<bool> {
+        let path = self.applied_file(name)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(crate::error::io(format!("remove {}", path.display()))(e)),
+        }
+    }
+
+    fn applied_file(&self, name: &str) -> Result<std::path::PathBuf> {
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            return Err(LabError::Invalid(format!(
+                "manifest name {name:?}: use lowercase letters, digits and '-'"
+            )));
+        }
+        Ok(self.paths.manifests().join(format!("applied-{name}.yaml")))
+    }
+
     /// The address of the outside host (see [`crate::network::outside_ip`]).
     pub fn outside_ip(&self) -> Ipv4Addr {
         crate::network::outside_ip(self.state.underlay)

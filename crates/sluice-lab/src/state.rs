@@ -140,6 +140,11 @@ impl LabPaths {
     pub fn lab_json(&self) -> PathBuf {
         self.root.join("lab.json")
     }
+    /// The identity allocator every agent of the lab shares.
+    pub fn identities(&self) -> PathBuf {
+        self.root.join("identities")
+    }
+
     pub fn manifests(&self) -> PathBuf {
         self.root.join("manifests")
     }

@@ -11,6 +11,7 @@ pub enum Object {
     Pod(Box<Pod>),
     Service(Box<Service>),
     EndpointSlice(Box<k8s_openapi::api::discovery::v1::EndpointSlice>),
+    NetworkPolicy(Box<k8s_openapi::api::networking::v1::NetworkPolicy>),
     Other { api_version: String, kind: String },
 }
 
@@ -73,6 +74,9 @@ pub fn parse_manifests(origin: &str, text: &str) -> Result<Vec<Object>, Manifest
             ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(
                 serde_json::from_value(doc).map_err(|e| typed("EndpointSlice", e))?,
             ),
+            ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(
+                serde_json::from_value(doc).map_err(|e| typed("NetworkPolicy", e))?,
+            ),
             ("v1", "Service") => {
                 Object::Service(serde_json::from_value(doc).map_err(|e| typed("Service", e))?)
             }
@@ -109,9 +113,17 @@ spec:
 apiVersion: apps/v1
 kind: Deployment
 metadata: { name: ignored }
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: { name: deny, namespace: x }
+spec: { podSelector: {}, policyTypes: [Ingress] }
 "#;
         let objects = parse_manifests("test.yaml", text).unwrap();
-        assert_eq!(objects.len(), 4);
+        assert_eq!(objects.len(), 5);
+        assert!(
+            matches!(&objects[4], Object::NetworkPolicy(p) if p.metadata.name.as_deref() == Some("deny"))
+        );
         assert!(
             matches!(&objects[0], Object::Node(n) if n.metadata.name.as_deref() == Some("node-a"))
         );

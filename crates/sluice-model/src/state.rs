@@ -6,8 +6,12 @@ use std::net::Ipv4Addr;
 
 use crate::manifest::Object;
 use crate::node::NodeInfo;
+use crate::policy::PolicyInfo;
 use crate::service::{Protocol, ServiceInfo};
 use crate::slices::EndpointSliceInfo;
+
+/// The label the API server puts on every namespace, naming it.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
@@ -42,6 +46,8 @@ pub struct DesiredState {
     pub services: BTreeMap<String, ServiceInfo>,
     /// "namespace/name" of the slice -> slice (IPv4 slices only).
     pub endpoint_slices: BTreeMap<String, EndpointSliceInfo>,
+    /// "namespace/name" -> network policy.
+    pub policies: BTreeMap<String, PolicyInfo>,
     /// (namespace, label key, label value) -> pod keys: selectors look up instead of scanning.
     by_label: BTreeMap<(String, String, String), BTreeSet<String>>,
 }
@@ -50,6 +56,16 @@ impl DesiredState {
     /// Builds the state; objects that are invalid or conflict with an earlier one are left out
     /// and described in the returned problems, so one bad object never takes the rest down.
     pub fn build<'a>(objects: impl IntoIterator<Item = &'a Object>) -> (Self, Vec<String>) {
+        Self::build_with_previous(objects, &DesiredState::default())
+    }
+
+    /// Like `build`, but an invalid NetworkPolicy keeps its valid version from `previous`:
+    /// dropping it would open what it closed, and failing everything would cut off pods it
+    /// has nothing to do with.
+    pub fn build_with_previous<'a>(
+        objects: impl IntoIterator<Item = &'a Object>,
+        previous: &DesiredState,
+    ) -> (Self, Vec<String>) {
         let mut state = DesiredState::default();
         let mut problems = Vec::new();
         let mut nodes: Vec<NodeInfo> = Vec::new();
@@ -61,7 +77,9 @@ impl DesiredState {
                 },
                 Object::Namespace(ns) => {
                     if let Some(name) = ns.metadata.name.clone() {
-                        let labels = ns.metadata.labels.clone().unwrap_or_default();
+                        let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+                        // Set by the API server on every namespace; selectors rely on it.
+                        labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
                         state.namespaces.insert(name, labels);
                     } else {
                         problems.push("Namespace: metadata.name is missing".into());
@@ -89,6 +107,27 @@ impl DesiredState {
                     }
                     Ok(None) => {}
                     Err(e) => problems.push(e),
+                },
+                Object::NetworkPolicy(np) => match PolicyInfo::from_policy(np) {
+                    Ok(info) => {
+                        state.policies.insert(info.key(), info);
+                    }
+                    Err(e) => {
+                        let namespace = np.metadata.namespace.as_deref().unwrap_or("default");
+                        let key = np
+                            .metadata
+                            .name
+                            .as_ref()
+                            .map(|n| format!("{namespace}/{n}"));
+                        let kept = key.and_then(|k| previous.policies.get(&k));
+                        match kept {
+                            Some(old) if !state.policies.contains_key(&old.key()) => {
+                                problems.push(format!("{e}; keeping the previous version"));
+                                state.policies.insert(old.key(), old.clone());
+                            }
+                            _ => problems.push(e),
+                        }
+                    }
                 },
                 Object::Other { .. } => {}
             }

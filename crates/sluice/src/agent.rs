@@ -26,7 +26,28 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub fn json(&self) -> bool {
+        self.output == Format::Json
+    }
+
+    /// Like `client`, but without --socket/--node inside a lab it picks the agent of the
+    /// node `pick` chooses from the lab (e.g. the node a pod runs on, or the first).
+    pub fn client_in_lab(
+        &self,
+        pick: impl FnOnce(&sluice_lab::Lab) -> Option<String>,
+    ) -> anyhow::Result<Client> {
+        if self.socket.is_none() && self.node.is_none() {
+            if let Ok(lab) = sluice_lab::Lab::open(self.lab.as_deref()) {
+                let node = pick(&lab)
+                    .or_else(|| lab.nodes().first().map(|n| n.name.clone()))
+                    .ok_or_else(|| anyhow::anyhow!("lab {} has no nodes", lab.name()))?;
+                return Ok(Client::new(lab.agent_socket(&node)?));
+            }
+        }
+        self.client()
+    }
+
+    pub fn client(&self) -> anyhow::Result<Client> {
         if let Some(s) = &self.socket {
             return Ok(Client::new(s));
         }
@@ -134,6 +155,12 @@ pub enum EndpointCommand {
         #[command(flatten)]
         agent: AgentArgs,
     },
+    /// One endpoint's identity and computed allow-list per direction (NAMESPACE/NAME or IP).
+    Get {
+        pod: String,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
 }
 
 pub fn fetch_status(client: &Client) -> anyhow::Result<AgentStatus> {
@@ -222,7 +249,10 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
 }
 
 pub fn endpoint(cmd: EndpointCommand) -> anyhow::Result<i32> {
-    let EndpointCommand::List { agent } = cmd;
+    let agent = match cmd {
+        EndpointCommand::List { agent } => agent,
+        EndpointCommand::Get { pod, agent } => return crate::policy::endpoint_get(&pod, &agent),
+    };
     let client = agent.client()?;
     let endpoints = match client.call(&Request::ListEndpoints)? {
         Response::Endpoints { endpoints } => endpoints,

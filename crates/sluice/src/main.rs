@@ -3,6 +3,7 @@
 mod agent;
 mod lab;
 mod output;
+mod policy;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,11 @@ enum Command {
         #[command(subcommand)]
         command: agent::ServiceCommand,
     },
+    /// NetworkPolicies: which pods they select, and why a flow is allowed or denied.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
     /// A Kubernetes cluster made of network namespaces on this machine.
     Lab {
         #[command(subcommand)]
@@ -44,6 +50,7 @@ fn main() {
         Command::Status(args) => agent::status(args),
         Command::Endpoint { command } => agent::endpoint(command),
         Command::Service { command } => agent::service(command),
+        Command::Policy { command } => policy::run(command),
         Command::Lab { command } => lab::run(command),
     };
     match result {

@@ -200,6 +200,13 @@ fn answer(state: &mut State, req: Request) -> Response {
         Request::ListServices => Response::Services {
             services: Vec::new(),
         },
+        // The CNI plugin never asks these.
+        Request::GetEndpoint { .. } | Request::ListPolicies | Request::PolicyTrace { .. } => {
+            Response::Error(ApiError::new(
+                ErrorKind::InvalidArgument,
+                "the fake agent answers CNI requests only",
+            ))
+        }
     }
 }
 

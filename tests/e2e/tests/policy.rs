@@ -1,0 +1,396 @@
+//! NetworkPolicy in the upstream reachability style: namespaces x, y, z with pods a, b, c
+//! serving TCP and UDP on 80 and 81, spread over two nodes. Each scenario applies policies,
+//! probes every pair on every port, and compares with the expected matrix (printed side by
+//! side on failure). Policies take effect through the agents' file watchers, so a scenario
+//! re-probes the cells that differ until they match or time runs out.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use sluice_api::{Client, Request, Response};
+use sluice_e2e::*;
+use sluice_lab::{probe, Lab};
+
+const TIMEOUT: Duration = Duration::from_millis(1500);
+const SETTLE: Duration = Duration::from_secs(12);
+const PROBES: [Probe; 4] = [
+    Probe::Tcp(80),
+    Probe::Tcp(81),
+    Probe::Udp(80),
+    Probe::Udp(81),
+];
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 30, 10);
+
+/// One reachability probe with a short timeout: a blocked port costs one timeout.
+fn reach(dst: Ipv4Addr, name: &str, probe: Probe) -> Option<String> {
+    let result = match probe {
+        Probe::Tcp(port) => probe::http_get(SocketAddr::from((dst, port)), TIMEOUT)
+            .map(|body| body.trim().to_string()),
+        Probe::Udp(port) => probe::udp_echo(SocketAddr::from((dst, port)), b"whoami", TIMEOUT)
+            .map(|b| String::from_utf8_lossy(&b).into_owned()),
+    };
+    match result {
+        Ok(who) if who == name => None,
+        Ok(who) => Some(format!("answered as {who:?}")),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// Probes `cells` (source, destination, probe) all at once; returns why each failed.
+fn probe_cells(lab: &Lab, cells: &[(String, String, Probe)]) -> Vec<Option<String>> {
+    let targets: Vec<Ipv4Addr> = cells
+        .iter()
+        .map(|(_, d, _)| lab.pod_ip(d).unwrap())
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = cells
+            .iter()
+            .zip(targets)
+            .map(|((src, dst, probe), ip)| {
+                s.spawn(move || {
+                    lab.run_in_pod(src, || reach(ip, dst, *probe))
+                        .unwrap_or_else(|e| Some(format!("enter {src}: {e}")))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Probes the whole matrix until it matches `expect` (source, destination, probe) or
+/// SETTLE passes; panics with both matrices otherwise.
+fn check(lab: &Lab, scenario: &str, expect: impl Fn(&str, &str, Probe) -> bool) {
+    let pods: Vec<String> = lab.pods().iter().map(|p| p.key()).collect();
+    let columns: Vec<(String, Probe)> = pods
+        .iter()
+        .flat_map(|p| PROBES.iter().map(move |probe| (p.clone(), *probe)))
+        .collect();
+    let expected: Vec<Vec<bool>> = pods
+        .iter()
+        .map(|s| columns.iter().map(|(d, p)| expect(s, d, *p)).collect())
+        .collect();
+    // Self-probes stay inside the pod: no policy applies, so they are not asked.
+    let all: Vec<(usize, usize)> = (0..pods.len())
+        .flat_map(|i| (0..columns.len()).map(move |j| (i, j)))
+        .filter(|(i, j)| pods[*i] != columns[*j].0)
+        .collect();
+    let mut cells: Vec<Vec<Option<String>>> = vec![vec![None; columns.len()]; pods.len()];
+    let deadline = Instant::now() + SETTLE;
+    let mut todo = all.clone();
+    loop {
+        let asked: Vec<(String, String, Probe)> = todo
+            .iter()
+            .map(|(i, j)| (pods[*i].clone(), columns[*j].0.clone(), columns[*j].1))
+            .collect();
+        for ((i, j), got) in todo.iter().zip(probe_cells(lab, &asked)) {
+            cells[*i][*j] = got;
+        }
+        todo = all
+            .iter()
+            .copied()
+            .filter(|(i, j)| cells[*i][*j].is_none() != expected[*i][*j])
+            .collect();
+        if todo.is_empty() {
+            eprintln!("scenario {scenario}: matrix as expected");
+            return;
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let m = Matrix {
+        sources: pods,
+        columns,
+        cells,
+        expected,
+    };
+    panic!(
+        "scenario {scenario}: reachability differs\n{}\n{}",
+        m.render(),
+        m.failures().join("\n")
+    );
+}
+
+fn ns(pod: &str) -> &str {
+    pod.split('/').next().unwrap()
+}
+
+fn apply(lab: &Lab, yaml: &str) {
+    lab.apply_manifest("policy", yaml).unwrap();
+}
+
+fn policy(name: &str, namespace: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{ name: {name}, namespace: \"{namespace}\" }}\nspec:\n{spec}\n"
+    )
+}
+
+fn agent(lab: &Lab, node: &str) -> Client {
+    Client::new(lab.agent_socket(node).unwrap())
+}
+
+#[test]
+fn reachability_matrix_under_network_policies() {
+    if !require_root("policy reachability matrix") {
+        return;
+    }
+    let lab = up_example("policy-xyz.yaml");
+    let lab: &Lab = &lab;
+
+    check(lab, "no policies", |_, _, _| true);
+
+    apply(
+        lab,
+        &policy(
+            "deny-ingress",
+            "x",
+            "  podSelector: {}\n  policyTypes: [Ingress]",
+        ),
+    );
+    check(lab, "default-deny ingress in x", |_, d, _| ns(d) != "x");
+
+    // The agents explain it.
+    let node_of_xa = lab.pod("x/a").unwrap().node.clone();
+    match agent(lab, &node_of_xa)
+        .call(&Request::GetEndpoint { pod: "x/a".into() })
+        .unwrap()
+    {
+        Response::EndpointDetail(d) => {
+            assert!(d.ingress_isolated && !d.egress_isolated, "{d:?}");
+            assert!(d.identity >= 256, "{d:?}");
+            assert!(
+                d.ingress.iter().all(|e| e.peer == "host"),
+                "only the node itself may reach x/a: {d:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match agent(lab, "node-b")
+        .call(&Request::PolicyTrace {
+            from: "y/b".into(),
+            to: "x/a".into(),
+            protocol: "tcp".into(),
+            port: 80,
+        })
+        .unwrap()
+    {
+        Response::Trace(t) => {
+            assert!(!t.allowed, "{}", t.explanation);
+            assert!(
+                t.explanation.contains("x/deny-ingress"),
+                "{}",
+                t.explanation
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    apply(
+        lab,
+        &policy(
+            "deny-egress",
+            "x",
+            "  podSelector: {}\n  policyTypes: [Egress]",
+        ),
+    );
+    check(lab, "default-deny egress in x", |s, _, _| ns(s) != "x");
+
+    apply(
+        lab,
+        &policy(
+            "same-ns",
+            "x",
+            "  podSelector: {}\n  ingress: [{ from: [{ podSelector: {} }] }]",
+        ),
+    );
+    check(lab, "allow from the same namespace", |s, d, _| {
+        ns(d) != "x" || ns(s) == "x"
+    });
+
+    apply(
+        lab,
+        &policy(
+            "from-y",
+            "x",
+            "  podSelector: { matchLabels: { pod: a } }\n  ingress: [{ from: [{ namespaceSelector: { matchLabels: { ns: \"y\" } } }] }]",
+        ),
+    );
+    check(lab, "namespaceSelector", |s, d, _| {
+        d != "x/a" || ns(s) == "y"
+    });
+
+    apply(
+        lab,
+        &policy(
+            "one-peer",
+            "x",
+            "  podSelector: { matchLabels: { pod: a } }\n  ingress: [{ from: [{ namespaceSelector: { matchLabels: { ns: \"y\" } }, podSelector: { matchLabels: { pod: b } } }] }]",
+        ),
+    );
+    check(
+        lab,
+        "podSelector AND namespaceSelector in one peer",
+        |s, d, _| d != "x/a" || s == "y/b",
+    );
+
+    apply(
+        lab,
+        &policy(
+            "two-peers",
+            "x",
+            "  podSelector: { matchLabels: { pod: a } }\n  ingress: [{ from: [{ namespaceSelector: { matchLabels: { ns: \"y\" } } }, { podSelector: { matchLabels: { pod: b } } }] }]",
+        ),
+    );
+    check(
+        lab,
+        "namespaceSelector OR podSelector as two peers",
+        |s, d, _| d != "x/a" || ns(s) == "y" || s == "x/b",
+    );
+
+    let yb = lab.pod_ip("y/b").unwrap();
+    apply(
+        lab,
+        &policy(
+            "ipblock",
+            "x",
+            &format!("  podSelector: {{ matchLabels: {{ pod: a }} }}\n  ingress: [{{ from: [{{ ipBlock: {{ cidr: 10.30.0.0/16, except: [{yb}/32] }} }}] }}]"),
+        ),
+    );
+    check(lab, "ipBlock with except", |s, d, _| {
+        d != "x/a" || s != "y/b"
+    });
+
+    apply(
+        lab,
+        &policy(
+            "named",
+            "x",
+            "  podSelector: { matchLabels: { pod: a } }\n  ingress: [{ ports: [{ port: serve-81-tcp }, { port: serve-80-udp, protocol: UDP }] }]",
+        ),
+    );
+    check(lab, "named ports", |_, d, p| {
+        d != "x/a" || p == Probe::Tcp(81) || p == Probe::Udp(80)
+    });
+
+    apply(
+        lab,
+        &policy(
+            "range",
+            "x",
+            "  podSelector: { matchLabels: { pod: a } }\n  ingress: [{ ports: [{ port: 80, endPort: 81, protocol: UDP }] }]",
+        ),
+    );
+    check(lab, "endPort range", |_, d, p| {
+        d != "x/a" || matches!(p, Probe::Udp(_))
+    });
+
+    // Two policies select x/a: what either allows is allowed.
+    apply(
+        lab,
+        &(policy(
+            "allow-xb",
+            "x",
+            "  podSelector: { matchLabels: { pod: a } }\n  ingress: [{ from: [{ podSelector: { matchLabels: { pod: b } } }] }]",
+        ) + &policy(
+            "allow-z-udp",
+            "x",
+            "  podSelector: { matchLabels: { pod: a } }\n  ingress: [{ from: [{ namespaceSelector: { matchLabels: { ns: \"z\" } } }], ports: [{ protocol: UDP, port: 80 }, { protocol: UDP, port: 81 }] }]",
+        )),
+    );
+    check(lab, "two policies unioned", |s, d, p| {
+        d != "x/a" || s == "x/b" || (ns(s) == "z" && matches!(p, Probe::Udp(_)))
+    });
+
+    egress_to_a_service(lab);
+    open_connections_follow_policy_changes(lab);
+    label_changes_move_a_pod_between_identities(lab);
+
+    lab.delete_manifest("policy").unwrap();
+    check(lab, "all policies removed", |_, _, _| true);
+}
+
+/// x/b may only send to x/a:80; reaching x/a through its ClusterIP (port 8080) is judged
+/// against the backend, so it works, while every other destination is denied.
+fn egress_to_a_service(lab: &Lab) {
+    apply(
+        lab,
+        &policy(
+            "b-to-a",
+            "x",
+            "  podSelector: { matchLabels: { pod: b } }\n  policyTypes: [Egress]\n  egress: [{ to: [{ podSelector: { matchLabels: { pod: a } } }], ports: [{ port: 80 }] }]",
+        ),
+    );
+    check(lab, "egress to x/a:80 only", |s, d, p| {
+        s != "x/b" || (d == "x/a" && p == Probe::Tcp(80))
+    });
+    let through_vip = lab
+        .run_in_pod("x/b", || {
+            probe::http_get(SocketAddr::from((VIP, 8080)), TIMEOUT)
+        })
+        .unwrap();
+    assert_eq!(
+        through_vip.unwrap().trim(),
+        "x/a",
+        "the ClusterIP reaches the allowed backend"
+    );
+}
+
+/// A connection admitted before a policy denies it stops with the change; it comes back
+/// when the policy goes.
+fn open_connections_follow_policy_changes(lab: &Lab) {
+    lab.delete_manifest("policy").unwrap();
+    check(lab, "no policies (again)", |_, _, _| true);
+    let xa = SocketAddr::from((lab.pod_ip("x/a").unwrap(), 80));
+    let mut stream = lab
+        .run_in_pod("y/c", || probe::connect(xa, TIMEOUT))
+        .unwrap()
+        .expect("y/c connects to x/a");
+    assert_eq!(probe::roundtrip(&mut stream, b"one\n").unwrap(), b"one\n");
+
+    apply(
+        lab,
+        &policy(
+            "deny-ingress",
+            "x",
+            "  podSelector: {}\n  policyTypes: [Ingress]",
+        ),
+    );
+    check(
+        lab,
+        "deny ingress in x with a connection open",
+        |_, d, _| ns(d) != "x",
+    );
+    assert!(
+        probe::roundtrip(&mut stream, b"two\n").is_err(),
+        "the open connection to x/a is cut by the new policy"
+    );
+    lab.delete_manifest("policy").unwrap();
+    check(lab, "policy removed", |_, _, _| true);
+}
+
+/// x/a admits only pods labelled role=client; relabelling y/b moves it into and out of that
+/// identity, and traffic follows.
+fn label_changes_move_a_pod_between_identities(lab: &Lab) {
+    apply(
+        lab,
+        &policy(
+            "clients",
+            "x",
+            "  podSelector: { matchLabels: { pod: a } }\n  ingress: [{ from: [{ namespaceSelector: {}, podSelector: { matchLabels: { role: client } } }] }]",
+        ),
+    );
+    check(lab, "no clients yet", |_, d, _| d != "x/a");
+    // Labels are replaced wholesale, as the manifest is rewritten.
+    let mut lab_mut = Lab::open(Some(lab.name())).unwrap();
+    lab_mut
+        .set_pod_labels("y/b", &[("pod", "b"), ("role", "client")])
+        .unwrap();
+    let started = Instant::now();
+    check(lab, "y/b labelled role=client", |s, d, _| {
+        d != "x/a" || s == "y/b"
+    });
+    eprintln!("label change took effect within {:?}", started.elapsed());
+    lab_mut.set_pod_labels("y/b", &[("pod", "b")]).unwrap();
+    check(lab, "y/b unlabelled", |_, d, _| d != "x/a");
+}
