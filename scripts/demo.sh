@@ -38,6 +38,24 @@ for node_ip in 192.168.50.1 192.168.50.2; do
   done
 done
 
+step "NetworkPolicy: x/a admits only its own namespace (x/c may, y/d may not)"
+xa=$("$sluice" lab status "$lab" -o json | python3 -c "import json,sys; print(next(p['ip'] for p in json.load(sys.stdin)['pods'] if p['namespace']+'/'+p['name']=='x/a'))")
+"$sluice" lab apply --lab "$lab" only-x -f - <<'EOF'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: { name: only-x, namespace: x }
+spec:
+  podSelector: { matchLabels: { app: a } }
+  ingress: [{ from: [{ podSelector: {} }] }]
+EOF
+sleep 1
+"$sluice" policy get --lab "$lab"
+"$sluice" endpoint get x/a --lab "$lab"
+"$sluice" policy trace --lab "$lab" --from y/d --to x/a --port 80/tcp || true
+printf '  x/c -> x/a: %s\n' "$(http x/c "$xa")"
+printf '  y/d -> x/a: %s\n' "$(timeout 3 "$sluice" lab exec --lab "$lab" y/d -- bash -c "exec 3<>/dev/tcp/$xa/80 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && tail -n 1 <&3" 2>/dev/null || echo 'no answer (dropped: policy denied)')"
+"$sluice" lab delete --lab "$lab" only-x
+
 step "BPF links on this machine (the lab's two nodes): TCX on pod veths and VXLAN devices ('type 11' in Debian's bpftool 7.1), cgroup socket-LB"
 bpftool link show | grep -E "^[0-9]+:" | sed 's/^/  /'
 

@@ -55,6 +55,23 @@ pub enum LabCommand {
         #[arg(long)]
         kill: bool,
     },
+    /// Add or replace manifests (e.g. NetworkPolicies) in a lab's desired state, like
+    /// `kubectl apply`; the agents pick them up within a second.
+    Apply {
+        /// Names the change, so `lab delete NAME` can take it back ([a-z0-9-]).
+        name: String,
+        /// YAML file with one or more Kubernetes documents ("-": standard input).
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        #[arg(long)]
+        lab: Option<String>,
+    },
+    /// Remove what `lab apply NAME` added.
+    Delete {
+        name: String,
+        #[arg(long)]
+        lab: Option<String>,
+    },
     /// Run a pod's servers (started by `lab up` inside the pod).
     #[command(hide = true)]
     Serve {
@@ -133,6 +150,29 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<i32> {
                 s.endpoints
             );
             Ok(0)
+        }
+        LabCommand::Apply { name, file, lab } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?
+            };
+            // Refuse what the agents could not read, before it reaches them.
+            let objects = sluice_model::parse_manifests(&file.display().to_string(), &text)?;
+            let lab = Lab::open(lab.as_deref())?;
+            lab.apply_manifest(&name, &text)?;
+            println!("{name}: {} objects applied to lab {}", objects.len(), lab.name());
+            Ok(0)
+        }
+        LabCommand::Delete { name, lab } => {
+            let lab = Lab::open(lab.as_deref())?;
+            if lab.delete_manifest(&name)? {
+                println!("{name}: removed from lab {}", lab.name());
+                Ok(0)
+            } else {
+                anyhow::bail!("{name}: nothing applied under that name in lab {}", lab.name())
+            }
         }
         LabCommand::Serve { pod, tcp, udp } => {
             let tcp =
