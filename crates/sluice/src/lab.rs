@@ -162,7 +162,11 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<i32> {
             let objects = sluice_model::parse_manifests(&file.display().to_string(), &text)?;
             let lab = Lab::open(lab.as_deref())?;
             lab.apply_manifest(&name, &text)?;
-            println!("{name}: {} objects applied to lab {}", objects.len(), lab.name());
+            println!(
+                "{name}: {} objects applied to lab {}",
+                objects.len(),
+                lab.name()
+            );
             Ok(0)
         }
         LabCommand::Delete { name, lab } => {
@@ -171,7 +175,10 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<i32> {
                 println!("{name}: removed from lab {}", lab.name());
                 Ok(0)
             } else {
-                anyhow::bail!("{name}: nothing applied under that name in lab {}", lab.name())
+                anyhow::bail!(
+                    "{name}: nothing applied under that name in lab {}",
+                    lab.name()
+                )
             }
         }
         LabCommand::Serve { pod, tcp, udp } => {

@@ -186,6 +186,37 @@ fn reachability_matrix_under_network_policies() {
         other => panic!("{other:?}"),
     }
 
+    // A broken update of that policy changes nothing, and says why.
+    apply(
+        lab,
+        &policy(
+            "deny-ingress",
+            "x",
+            "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: [{ from: [{ ipBlock: { cidr: 10.0.0.0/33 } }] }]",
+        ),
+    );
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let problems = lab.agent_status("node-a").unwrap().problems;
+        if problems.iter().any(|p| {
+            p.contains("x/deny-ingress")
+                && p.contains("ipBlock.cidr")
+                && p.contains("keeping the previous version")
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no problem reported: {problems:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check(
+        lab,
+        "invalid update keeps the previous version",
+        |_, d, _| ns(d) != "x",
+    );
+
     apply(
         lab,
         &policy(
