@@ -62,6 +62,7 @@ pub struct Core {
     /// Kept so the programs stay loaded while the process runs (the links are pinned anyway).
     pub(crate) sock_lb: Option<sluice_datapath::socklb::SockLb>,
     pub(crate) policy: crate::policy::PolicyState,
+    pub(crate) kept: crate::kept_policies::KeptPolicies,
     /// Problems of the latest policy reconcile (replaced each time).
     pub(crate) policy_problems: Vec<String>,
 }
@@ -139,9 +140,13 @@ impl Core {
     }
 
     fn apply_snapshot(&mut self, snapshot: Snapshot) {
-        // An invalid policy keeps its last valid version: never fail open or closed on a typo.
+        // An invalid policy keeps its last valid version (kept on disk, so across restarts
+        // too): never fail open or closed on a typo.
         let (desired, mut problems) =
-            DesiredState::build_with_previous(&snapshot.objects, &self.desired);
+            DesiredState::build_with_previous(&snapshot.objects, &self.kept.as_previous());
+        if let Err(e) = self.kept.update(&snapshot.objects, &desired) {
+            problems.push(format!("keeping the last valid policies: {e}"));
+        }
         problems.extend(snapshot.problems);
         for p in &problems {
             tracing::warn!(problem = %p, "desired state");

@@ -5,6 +5,7 @@ mod api;
 mod core;
 mod endpoints;
 mod identities;
+mod kept_policies;
 mod metrics;
 mod nodes;
 mod overlay;
@@ -128,6 +129,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("reading service maps: {e}"))?;
                 let policy = policy::PolicyState::load(&dp, &core_cfg.identity_dir())
                     .map_err(|e| anyhow::anyhow!("reading policy maps: {e}"))?;
+                let (kept, kept_problem) = kept_policies::KeptPolicies::load(&core_cfg.state_dir);
                 let mut core = Core {
                     cfg: core_cfg,
                     source: description,
@@ -151,8 +153,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     services_synced: false,
                     sock_lb,
                     policy,
+                    kept,
                     policy_problems: Vec::new(),
                 };
+                core.state_problems.extend(kept_problem);
                 let stale = core
                     .lb
                     .sweep(&mut core.dp)

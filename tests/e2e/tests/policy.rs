@@ -67,7 +67,13 @@ fn check(lab: &Lab, scenario: &str, expect: impl Fn(&str, &str, Probe) -> bool) 
         .collect();
     let expected: Vec<Vec<bool>> = pods
         .iter()
-        .map(|s| columns.iter().map(|(d, p)| expect(s, d, *p)).collect())
+        .map(|s| {
+            // A pod always reaches itself (not probed: it never leaves the pod).
+            columns
+                .iter()
+                .map(|(d, p)| s == d || expect(s, d, *p))
+                .collect()
+        })
         .collect();
     // Self-probes stay inside the pod: no policy applies, so they are not asked.
     let all: Vec<(usize, usize)> = (0..pods.len())
@@ -214,6 +220,15 @@ fn reachability_matrix_under_network_policies() {
     check(
         lab,
         "invalid update keeps the previous version",
+        |_, d, _| ns(d) != "x",
+    );
+
+    // An agent killed and restarted re-reads what it programmed: isolation holds throughout.
+    let mut lab_mut = Lab::open(Some(lab.name())).unwrap();
+    lab_mut.restart_agent("node-a", true).unwrap();
+    check(
+        lab,
+        "after kill -9 and restart of node-a's agent",
         |_, d, _| ns(d) != "x",
     );
 
