@@ -37,8 +37,8 @@ pub struct PolicyState {
     entries: BTreeMap<PolicyMapKey, PolicyEntry>,
     /// Local endpoint address -> (identity, SLUICE_EP_* flags) as programmed.
     endpoint_bits: BTreeMap<Ipv4Addr, (u32, u32)>,
-    /// Rule references by cookie (the index), so a datapath cookie names its rule.
-    rules: Vec<RuleRef>,
+    /// The cookie each rule got; numbers stay stable for the process' life.
+    cookies: BTreeMap<RuleRef, u32>,
     views: BTreeMap<Ipv4Addr, EndpointView>,
 }
 
@@ -94,7 +94,7 @@ impl PolicyState {
             cidrs,
             entries,
             endpoint_bits,
-            rules: Vec::new(),
+            cookies: BTreeMap::new(),
             views: BTreeMap::new(),
         })
     }
@@ -320,11 +320,8 @@ impl PolicyState {
     }
 
     fn cookie(&mut self, rule: &RuleRef) -> u32 {
-        if let Some(i) = self.rules.iter().position(|r| r == rule) {
-            return i as u32;
-        }
-        self.rules.push(rule.clone());
-        (self.rules.len() - 1) as u32
+        let next = self.cookies.len() as u32;
+        *self.cookies.entry(rule.clone()).or_insert(next)
     }
 
     /// The endpoint at `address` as policy sees it, with its allow-lists as programmed.
