@@ -14,6 +14,7 @@ int from_container(struct __sk_buff *skb)
 	const __u8 point = SLUICE_POINT_FROM_ENDPOINT;
 	struct iphdr *ip = 0;
 
+	trace_begin(skb, point);
 	switch (parse_ipv4(skb, &ip)) {
 	case PARSE_NOT_IPV4:
 		return to_stack(skb, point);
@@ -22,6 +23,7 @@ int from_container(struct __sk_buff *skb)
 	case PARSE_IPV4:
 		break;
 	}
+	trace_ipv4(skb, ip);
 	__u32 saddr = ip->saddr, daddr = ip->daddr;
 	__u8 ttl = ip->ttl;
 
@@ -86,6 +88,7 @@ int to_container(struct __sk_buff *skb)
 	const __u8 point = SLUICE_POINT_TO_ENDPOINT;
 	struct iphdr *ip = 0;
 
+	trace_begin(skb, point);
 	switch (parse_ipv4(skb, &ip)) {
 	case PARSE_NOT_IPV4:
 		return to_stack(skb, point);
@@ -94,6 +97,7 @@ int to_container(struct __sk_buff *skb)
 	case PARSE_IPV4:
 		break;
 	}
+	trace_ipv4(skb, ip);
 	__u32 saddr = ip->saddr, daddr = ip->daddr;
 	struct l4_tuple t = {};
 	int l4 = parse_l4(skb, ip, &t);

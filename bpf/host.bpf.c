@@ -22,6 +22,8 @@ int from_netdev(struct __sk_buff *skb)
 	struct l4_tuple t = {};
 	if (parse_l4(skb, ip, &t) != 0)
 		return TC_ACT_OK;
+	trace_begin(skb, point);
+	trace_tuple(saddr, daddr, t.proto, t.sport, t.dport, t.tcp_flags);
 
 	struct datapath_config *cfg = datapath_config();
 	if (!cfg)

@@ -7,6 +7,7 @@
  *                 tunnel metadata the device needs to encapsulate.
  */
 #include "lib/forward.h"
+#include "lib/l4.h"
 
 SEC("classifier")
 int from_overlay(struct __sk_buff *skb)
@@ -14,6 +15,7 @@ int from_overlay(struct __sk_buff *skb)
 	const __u8 point = SLUICE_POINT_FROM_OVERLAY;
 	struct iphdr *ip = 0;
 
+	trace_begin(skb, point);
 	switch (parse_ipv4(skb, &ip)) {
 	case PARSE_NOT_IPV4:
 		return to_stack(skb, point);
@@ -22,6 +24,7 @@ int from_overlay(struct __sk_buff *skb)
 	case PARSE_IPV4:
 		break;
 	}
+	trace_ipv4(skb, ip);
 	__u8 ttl = ip->ttl;
 	if (ttl <= 1)
 		return to_stack(skb, point);
@@ -38,6 +41,7 @@ int to_overlay(struct __sk_buff *skb)
 	const __u8 point = SLUICE_POINT_TO_OVERLAY;
 	struct iphdr *ip = 0;
 
+	trace_begin(skb, point);
 	switch (parse_ipv4(skb, &ip)) {
 	case PARSE_NOT_IPV4:
 		/* Nothing but IPv4 may cross the tunnel: without metadata the device drops it anyway. */
@@ -47,6 +51,7 @@ int to_overlay(struct __sk_buff *skb)
 	case PARSE_IPV4:
 		break;
 	}
+	trace_ipv4(skb, ip);
 	struct datapath_config *cfg = datapath_config();
 	struct tunnel_info *remote = lookup_tunnel(ip->daddr);
 	if (!cfg || !remote || remote->node_ip == cfg->node_ip)

@@ -7,6 +7,7 @@
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include "packet.h"
+#include "trace.h"
 
 #define IP_SADDR_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, saddr))
 #define IP_DADDR_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, daddr))
@@ -64,6 +65,23 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct iphdr *ip, str
 		t->tcp_flags = 0;
 	}
 	return 0;
+}
+
+/* Starts the packet's flow event with its tuple (ICMP: type << 8 | code as source port). */
+static __always_inline void trace_ipv4(struct __sk_buff *skb, struct iphdr *ip)
+{
+	struct l4_tuple t = {};
+	if (parse_l4(skb, ip, &t) == 0) {
+		trace_tuple(ip->saddr, ip->daddr, t.proto, t.sport, t.dport, t.tcp_flags);
+		return;
+	}
+	__u16 type_code = 0;
+	if (ip->protocol == IPPROTO_ICMP && !(ip->frag_off & bpf_htons(0x1fff))) {
+		__u8 hdr[2] = {};
+		if (!bpf_skb_load_bytes(skb, ETH_HLEN + ip->ihl * 4, hdr, sizeof(hdr)))
+			type_code = bpf_htons(((__u16)hdr[0] << 8) | hdr[1]);
+	}
+	trace_tuple(ip->saddr, ip->daddr, ip->protocol, type_code, 0, 0);
 }
 
 static __always_inline __u32 l4_csum_off(const struct l4_tuple *t)

@@ -133,6 +133,7 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 	if (ct && !new_tcp && now - ct->last_seen_ns < lifetime) {
 		ct->last_seen_ns = now;
 		*new_daddr = ct->nat_address;
+		trace_dnat(daddr, t->dport, ct->nat_address, ct->nat_port);
 		if (lb4_apply_forward(skb, t, saddr, daddr, ct)) {
 			*reason = SLUICE_DROP_INVALID_PACKET;
 			return LB_DROP;
@@ -179,6 +180,7 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 		return LB_DROP;
 	}
 	*new_daddr = be->address;
+	trace_dnat(daddr, t->dport, be->address, be->port);
 	if (lb4_apply_forward(skb, t, saddr, daddr, &entry)) {
 		*reason = SLUICE_DROP_INVALID_PACKET;
 		return LB_DROP;
@@ -207,6 +209,8 @@ static __always_inline enum lb_verdict lb4_reverse(struct __sk_buff *skb, __u32 
 		return LB_PASS;  /* an expired connection's entry translates nothing */
 	ct->last_seen_ns = now;
 	*new_daddr = ct->alt_address ? ct->alt_address : daddr;
+	trace_revnat(ct->nat_address, ct->nat_port);
+	trace_reply(1);
 	if (rewrite_endpoint(skb, t, 0, saddr, ct->nat_address, t->sport, ct->nat_port) ||
 	    (ct->alt_address &&
 	     rewrite_endpoint(skb, t, 1, daddr, ct->alt_address, t->dport, t->dport))) {

@@ -126,6 +126,49 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_policy SEC(".maps");
 
+/* Flow events for the agent (struct flow_event), shared by every program. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, SLUICE_EVENTS_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct events_lost);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_events_lost SEC(".maps");
+
+/* Aggregation: when each flow was last reported, per observation point. */
+struct flow_seen_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 point;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow_seen_key);
+	__type(value, __u64);
+	__uint(max_entries, SLUICE_MAX_FLOW_SEEN);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_flow_seen SEC(".maps");
+
+/* The event being assembled for the packet a program is handling (not pinned: it lives only
+ * while one program runs on this CPU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct flow_event);
+	__uint(max_entries, 1);
+} sluice_trace_scratch SEC(".maps");
+
 /* The template of a Maglev table; BPF_F_INNER_MAP lets tables of another size be stored. */
 struct maglev_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

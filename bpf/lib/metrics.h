@@ -3,10 +3,25 @@
 #define SLUICE_METRICS_H
 
 #include "maps.h"
+#include "trace.h"
 
+/* Counts what a program did; the outcomes that end a program's handling also send the
+ * packet's flow event (the branch folds away: outcome is a constant at every call). */
 static __always_inline void count(struct __sk_buff *skb, __u8 point, __u8 outcome,
 				  __u16 reason)
 {
+	switch (outcome) {
+	case SLUICE_OUTCOME_TO_STACK:
+	case SLUICE_OUTCOME_REDIRECT:
+	case SLUICE_OUTCOME_ENCAP:
+	case SLUICE_OUTCOME_DROP:
+	case SLUICE_OUTCOME_ROUTED:
+	case SLUICE_OUTCOME_REJECT:
+		trace_emit(skb, outcome, reason);
+		break;
+	default:
+		break;
+	}
 	struct metrics_key key = { .point = point, .outcome = outcome, .reason = reason };
 	struct metrics_value *v = bpf_map_lookup_elem(&sluice_metrics, &key);
 

@@ -143,13 +143,22 @@ static __always_inline __u32 identity_of(__u32 ip)
  * The endpoint's entry for a peer: by the peer's own identity, then by the identity of the
  * policy prefix holding its address (ipBlock), then for any peer.
  */
+/* What decided a connection, for its policy-verdict event. */
+struct policy_match {
+	__u32 identity;  /* the identity the entry was found under */
+	__u32 cookie;
+	__u8 judged;     /* the endpoint is isolated in this direction */
+	__u8 l4;         /* the entry names a protocol or port */
+};
+
 static __always_inline struct policy_entry *policy_lookup(__u32 endpoint, __u8 dir, __u32 peer,
-							  __u8 proto, __u16 dport)
+							  __u8 proto, __u16 dport, __u32 *found_as)
 {
 	struct policy_key key = {
 		.prefixlen = SLUICE_POLICY_FULL_PREFIX, .endpoint = endpoint,
 		.identity = identity_of(peer), .direction = dir, .proto = proto, .dport = dport,
 	};
+	*found_as = key.identity;
 	struct policy_entry *e = bpf_map_lookup_elem(&sluice_policy, &key);
 	if (e)
 		return e;
@@ -157,26 +166,35 @@ static __always_inline struct policy_entry *policy_lookup(__u32 endpoint, __u8 d
 	__u32 *cidr_identity = bpf_map_lookup_elem(&sluice_policy_cidrs, &cidr);
 	if (cidr_identity) {
 		key.identity = *cidr_identity;
+		*found_as = key.identity;
 		e = bpf_map_lookup_elem(&sluice_policy, &key);
 		if (e)
 			return e;
 	}
 	key.identity = SLUICE_IDENTITY_ANY;
+	*found_as = key.identity;
 	return bpf_map_lookup_elem(&sluice_policy, &key);
 }
 
 /* Whether the endpoint's policy admits a connection, keyed as it is tracked in `dir`. */
 static __always_inline int policy_admits(const struct endpoint_info *ep, __u32 endpoint,
 					 __u8 dir, __u32 saddr, __u32 daddr, __u16 dport,
-					 __u8 proto)
+					 __u8 proto, struct policy_match *m)
 {
 	__u32 isolated = dir == SLUICE_POLICY_INGRESS ? SLUICE_EP_INGRESS_ISOLATED
 						       : SLUICE_EP_EGRESS_ISOLATED;
 	if (!(ep->flags & isolated))
 		return 1;
 	__u32 peer = dir == SLUICE_POLICY_INGRESS ? saddr : daddr;
-	struct policy_entry *e = policy_lookup(endpoint, dir, peer, proto, dport);
-	return e && e->verdict == SLUICE_VERDICT_ALLOW;
+	__u32 found_as = 0;
+	struct policy_entry *e = policy_lookup(endpoint, dir, peer, proto, dport, &found_as);
+	m->judged = 1;
+	if (!e)
+		return 0;
+	m->identity = found_as;
+	m->cookie = e->cookie;
+	m->l4 = e->flags & SLUICE_POLICY_ENTRY_L4;
+	return e->verdict == SLUICE_VERDICT_ALLOW;
 }
 
 static __always_inline __u8 ct_dir_of(__u8 policy_dir)
@@ -199,7 +217,8 @@ static __always_inline int ct_lookup_admitted(const struct ct4_key *k,
 	if (!e || now - e->last_seen_ns >= lifetime)
 		return CT_UNKNOWN;
 	if (e->policy_revision != revision) {
-		if (!policy_admits(ep, endpoint, dir, k->saddr, k->daddr, k->dport, k->proto)) {
+		struct policy_match m = {};
+		if (!policy_admits(ep, endpoint, dir, k->saddr, k->daddr, k->dport, k->proto, &m)) {
 			bpf_map_delete_elem(&sluice_ct4, k);
 			return CT_REVOKED;
 		}
@@ -240,14 +259,24 @@ static __always_inline __u16 policy_enforce(struct __sk_buff *skb, __u8 point,
 		/* A reply of a connection admitted the other way, or a later packet of one
 		 * admitted this way. */
 		int known = ct_lookup_admitted(&rev, ep, endpoint, other, revision, now, lifetime);
+		int is_reply = known != CT_UNKNOWN;
 		if (known == CT_UNKNOWN)
 			known = ct_lookup_admitted(&fwd, ep, endpoint, dir, revision, now, lifetime);
+		if (known != CT_UNKNOWN)
+			trace_reply(is_reply);
 		if (known == CT_ADMITTED)
 			return 0;
 		if (known == CT_REVOKED)
 			return SLUICE_DROP_POLICY_DENIED;
 	}
-	if (!policy_admits(ep, endpoint, dir, f->saddr, f->daddr, f->dport, f->proto))
+	trace_reply(f->reply_only);
+	struct policy_match m = {};
+	int admitted = policy_admits(ep, endpoint, dir, f->saddr, f->daddr, f->dport, f->proto, &m);
+	if (m.judged)
+		trace_policy(skb, dir | (admitted ? TRACE_POLICY_ALLOWED : 0) |
+				       (m.l4 ? TRACE_POLICY_L4 : 0),
+			     m.identity, m.cookie);
+	if (!admitted)
 		return SLUICE_DROP_POLICY_DENIED;
 	if (f->reply_only)
 		return 0;

@@ -23,6 +23,8 @@
 #define SLUICE_MAX_IPCACHE 65536
 #define SLUICE_MAX_POLICY_CIDRS 16384
 #define SLUICE_MAX_POLICY 65536    /* default; the agent sizes it at load time */
+#define SLUICE_EVENTS_BYTES (4U << 20)  /* ring buffer; a power of two */
+#define SLUICE_MAX_FLOW_SEEN 65536
 
 /* datapath_config.routing_mode */
 #define SLUICE_ROUTING_NATIVE 0
@@ -106,6 +108,69 @@
 /* policy_entry.verdict; room for deny/audit/redirect-to-proxy later. */
 #define SLUICE_VERDICT_ALLOW 1
 
+/* policy_entry.flags: what the rule behind the entry names, for flows' match type. */
+#define SLUICE_POLICY_ENTRY_L4 0x1  /* a protocol or port, not just peers */
+
+/* Flow events (flow_event.type), numbered as Cilium's monitor message types. */
+#define SLUICE_EVENT_DROP 1
+#define SLUICE_EVENT_TRACE 4
+#define SLUICE_EVENT_POLICY_VERDICT 5
+#define SLUICE_EVENT_TRACE_SOCK 7
+
+/* Observation points of socket-LB (flow_event.point for SLUICE_EVENT_TRACE_SOCK and its drops). */
+#define SLUICE_POINT_SOCK_CONNECT 6
+#define SLUICE_POINT_SOCK_SENDMSG 7
+
+/* datapath_config.monitor_aggregation: which trace events reach the ring buffer. Drops and
+ * policy verdicts are always sent. */
+#define SLUICE_AGGREGATION_NONE 0    /* every packet */
+#define SLUICE_AGGREGATION_MEDIUM 1  /* a flow's first packet, TCP SYN/FIN/RST, and again after
+				      * SLUICE_AGGREGATION_INTERVAL_NS */
+#define SLUICE_AGGREGATION_INTERVAL_NS (5ULL * 1000000000ULL)
+
+/* flow_event.flags */
+#define SLUICE_EVF_REPLY 0x1         /* the packet is a reply of a tracked connection */
+#define SLUICE_EVF_REPLY_KNOWN 0x2   /* SLUICE_EVF_REPLY is meaningful */
+#define SLUICE_EVF_SVC_DNAT 0x4      /* svc_* is the frontend the destination was translated from */
+#define SLUICE_EVF_SVC_REVNAT 0x8    /* svc_* is the frontend the source was translated back to */
+#define SLUICE_EVF_POLICY_ALLOWED 0x10  /* policy verdict: allowed (else denied) */
+#define SLUICE_EVF_POLICY_L4 0x20    /* policy verdict: the entry names a protocol/port */
+
+/*
+ * One event in the sluice_events ring buffer. The tuple is the connection as its two ends
+ * see it: for a service packet the backend, with the frontend in svc_*. Parsed here rather
+ * than copied as raw bytes, so the agent needs no packet decoder.
+ */
+struct flow_event {
+	__u64 ktime_ns;      /* bpf_ktime_get_ns() */
+	__u64 sock_cookie;   /* socket events: the socket */
+	__u64 netns_cookie;  /* socket events: the network namespace of the socket */
+	__u32 ifindex;
+	__u32 len;           /* bytes on the wire */
+	__u8 type;           /* SLUICE_EVENT_* */
+	__u8 point;          /* SLUICE_POINT_* */
+	__u8 outcome;        /* SLUICE_OUTCOME_* (traces) */
+	__u8 proto;
+	__u16 reason;        /* drops: SLUICE_DROP_* */
+	__u8 tcp_flags;
+	__u8 flags;          /* SLUICE_EVF_* */
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;         /* ICMP: type << 8 | code in sport, echo id in dport */
+	__u16 dport;
+	__u32 svc_addr;
+	__u16 svc_port;
+	__u8 policy_dir;     /* SLUICE_POLICY_* (policy verdicts) */
+	__u8 pad;
+	__u32 policy_identity;  /* the peer identity the deciding entry was found under */
+	__u32 policy_cookie;    /* the rule that decided */
+};
+
+/* Per-CPU count of events the ring buffer had no room for. */
+struct events_lost {
+	__u64 events;
+};
+
 /* A pod on this node, keyed by its IPv4 address. */
 struct endpoint_key {
 	__u32 ip;
@@ -142,6 +207,8 @@ struct datapath_config {
 	__u32 vni;
 	__u32 maglev_size;  /* entries of every Maglev table */
 	__u32 policy_revision;  /* bumped on every policy change: tracked connections are re-judged */
+	__u8 monitor_aggregation;  /* SLUICE_AGGREGATION_* */
+	__u8 pad[3];
 };
 
 /* Per-CPU counters by where and what happened. */

@@ -183,6 +183,12 @@ impl PolicyState {
                     map_key(ep.address, key),
                     PolicyEntry {
                         verdict: abi::VERDICT_ALLOW,
+                        // Tells flows whether the match was on peers alone or on a port too.
+                        flags: if key.protocol != 0 {
+                            abi::POLICY_ENTRY_L4
+                        } else {
+                            0
+                        },
                         cookie,
                         ..Default::default()
                     },

@@ -58,6 +58,24 @@ pub const POLICY_EGRESS: u8 = 1;
 pub const VERDICT_ALLOW: u8 = 1;
 /// Bits of a policy key after its prefix length (endpoint, identity, direction, proto, port).
 pub const POLICY_FULL_PREFIX: u32 = 96;
+pub const POLICY_ENTRY_L4: u8 = 0x1;
+
+pub const EVENT_DROP: u8 = 1;
+pub const EVENT_TRACE: u8 = 4;
+pub const EVENT_POLICY_VERDICT: u8 = 5;
+pub const EVENT_TRACE_SOCK: u8 = 7;
+pub const POINT_SOCK_CONNECT: u8 = 6;
+pub const POINT_SOCK_SENDMSG: u8 = 7;
+
+pub const AGGREGATION_NONE: u8 = 0;
+pub const AGGREGATION_MEDIUM: u8 = 1;
+
+pub const EVF_REPLY: u8 = 0x1;
+pub const EVF_REPLY_KNOWN: u8 = 0x2;
+pub const EVF_SVC_DNAT: u8 = 0x4;
+pub const EVF_SVC_REVNAT: u8 = 0x8;
+pub const EVF_POLICY_ALLOWED: u8 = 0x10;
+pub const EVF_POLICY_L4: u8 = 0x20;
 
 /// The address as the datapath stores it (network byte order in a native u32).
 pub fn ip_to_be(ip: Ipv4Addr) -> u32 {
@@ -110,6 +128,8 @@ pub struct DatapathConfig {
     pub vni: u32,
     pub maglev_size: u32,
     pub policy_revision: u32,
+    pub monitor_aggregation: u8,
+    pub pad: [u8; 3],
 }
 
 #[repr(C)]
@@ -251,6 +271,52 @@ pub struct PolicyEntry {
     pub cookie: u32,
 }
 
+/// One event of the sluice_events ring buffer (see abi.h).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowEvent {
+    pub ktime_ns: u64,
+    pub sock_cookie: u64,
+    pub netns_cookie: u64,
+    pub ifindex: u32,
+    pub len: u32,
+    pub r#type: u8,
+    pub point: u8,
+    pub outcome: u8,
+    pub proto: u8,
+    pub reason: u16,
+    pub tcp_flags: u8,
+    pub flags: u8,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub svc_addr: u32,
+    pub svc_port: u16,
+    pub policy_dir: u8,
+    pub pad: u8,
+    pub policy_identity: u32,
+    pub policy_cookie: u32,
+}
+
+impl FlowEvent {
+    /// Reads an event from ring-buffer bytes; None when they are too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<FlowEvent> {
+        if bytes.len() < std::mem::size_of::<FlowEvent>() {
+            return None;
+        }
+        // SAFETY: FlowEvent is plain repr(C) data for which any bit pattern is valid, and
+        // the length was checked; read_unaligned copes with the buffer's alignment.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const FlowEvent) })
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventsLost {
+    pub events: u64,
+}
+
 // SAFETY: plain #[repr(C)] data with no padding-sensitive invariants; any bit pattern is valid.
 unsafe impl aya::Pod for EndpointKey {}
 unsafe impl aya::Pod for EndpointInfo {}
@@ -270,6 +336,7 @@ unsafe impl aya::Pod for Lb4Affinity {}
 unsafe impl aya::Pod for IpcacheInfo {}
 unsafe impl aya::Pod for PolicyKeyData {}
 unsafe impl aya::Pod for PolicyEntry {}
+unsafe impl aya::Pod for EventsLost {}
 
 /// One shared struct's layout: (C struct name, size, [(field, offset, size)]).
 pub type Layout = (&'static str, usize, Vec<(&'static str, usize, usize)>);
@@ -279,7 +346,7 @@ pub fn layouts() -> Vec<Layout> {
     macro_rules! layout {
         ($c:literal, $t:ty, [$($f:ident),*]) => {
             ($c, std::mem::size_of::<$t>(), vec![$((
-                stringify!($f),
+                stringify!($f).trim_start_matches("r#"),
                 std::mem::offset_of!($t, $f),
                 {
                     let v: $t = Default::default();
@@ -308,7 +375,9 @@ pub fn layouts() -> Vec<Layout> {
                 node_ip,
                 vni,
                 maglev_size,
-                policy_revision
+                policy_revision,
+                monitor_aggregation,
+                pad
             ]
         ),
         layout!("metrics_key", MetricsKey, [point, outcome, reason]),
@@ -354,5 +423,34 @@ pub fn layouts() -> Vec<Layout> {
             PolicyEntry,
             [verdict, flags, proxy_port, cookie]
         ),
+        layout!(
+            "flow_event",
+            FlowEvent,
+            [
+                ktime_ns,
+                sock_cookie,
+                netns_cookie,
+                ifindex,
+                len,
+                r#type,
+                point,
+                outcome,
+                proto,
+                reason,
+                tcp_flags,
+                flags,
+                saddr,
+                daddr,
+                sport,
+                dport,
+                svc_addr,
+                svc_port,
+                policy_dir,
+                pad,
+                policy_identity,
+                policy_cookie
+            ]
+        ),
+        layout!("events_lost", EventsLost, [events]),
     ]
 }

@@ -20,13 +20,15 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, PerCpuHashMap};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType};
 
 pub use abi::{DatapathConfig, EndpointInfo, EndpointKey, MetricsKey, MetricsValue, TunnelInfo};
 pub use error::{Error, Result};
 pub use loader::{MapSizes, FROM_CONTAINER, FROM_NETDEV, FROM_OVERLAY, TO_CONTAINER, TO_OVERLAY};
-pub use objects::{MAP_CONFIG, MAP_ENDPOINTS, MAP_METRICS, MAP_TUNNELS};
+pub use objects::{
+    MAP_CONFIG, MAP_ENDPOINTS, MAP_EVENTS, MAP_EVENTS_LOST, MAP_METRICS, MAP_TUNNELS,
+};
 
 use abi::{ip_from_be, ip_to_be};
 use error::map_err;
@@ -38,6 +40,7 @@ pub struct Datapath {
     tunnels: LpmTrie<MapData, u32, TunnelInfo>,
     config: Array<MapData, DatapathConfig>,
     metrics: PerCpuHashMap<MapData, MetricsKey, MetricsValue>,
+    events_lost: PerCpuArray<MapData, abi::EventsLost>,
     lb: lb::LbMaps,
     policy: policy::PolicyMaps,
 }
@@ -66,6 +69,8 @@ impl Datapath {
             Array::try_from(take(MAP_CONFIG, &mut objects)?).map_err(map_err(MAP_CONFIG))?;
         let metrics = PerCpuHashMap::try_from(take(MAP_METRICS, &mut objects)?)
             .map_err(map_err(MAP_METRICS))?;
+        let events_lost = PerCpuArray::try_from(take(MAP_EVENTS_LOST, &mut objects)?)
+            .map_err(map_err(MAP_EVENTS_LOST))?;
         let lb = lb::LbMaps::take(&mut objects.endpoint)?;
         let policy = policy::PolicyMaps::take(&mut objects.endpoint)?;
         Ok(Self {
@@ -75,6 +80,7 @@ impl Datapath {
             tunnels,
             config,
             metrics,
+            events_lost,
             lb,
             policy,
         })
@@ -266,6 +272,32 @@ impl Datapath {
         config.policy_revision = config.policy_revision.wrapping_add(1);
         self.set_config(config)?;
         Ok(config.policy_revision)
+    }
+
+    /// The flow-event ring buffer, for one reader (the agent's event loop): Err once taken.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .objects
+            .endpoint
+            .take_map(MAP_EVENTS)
+            .ok_or(Error::MissingMap { map: MAP_EVENTS })?;
+        RingBuf::try_from(map).map_err(map_err(MAP_EVENTS))
+    }
+
+    /// Events the ring buffer had no room for since the map was created, over all CPUs.
+    pub fn events_lost(&self) -> Result<u64> {
+        let per_cpu = self
+            .events_lost
+            .get(&0, 0)
+            .map_err(map_err(MAP_EVENTS_LOST))?;
+        Ok(per_cpu.iter().map(|v| v.events).sum())
+    }
+
+    /// Which trace events the datapath sends (abi::AGGREGATION_*).
+    pub fn set_monitor_aggregation(&mut self, level: u8) -> Result<()> {
+        let mut config = self.config()?;
+        config.monitor_aggregation = level;
+        self.set_config(config)
     }
 
     /// Counters summed over CPUs, sorted by key.

@@ -16,3 +16,5 @@ pub static HOST: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/host.
 /// cgroup socket-LB programs: `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4`,
 /// `sock_getpeername4`.
 pub static SOCK: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.bpf.o"));
+pub const MAP_EVENTS: &str = "sluice_events";
+pub const MAP_EVENTS_LOST: &str = "sluice_events_lost";

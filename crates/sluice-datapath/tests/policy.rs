@@ -6,7 +6,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::{checksum, packet, require_root, run, TestDatapath};
+use common::{checksum, one_backend_service, packet, require_root, run, TestDatapath};
 use sluice_datapath::abi::*;
 use sluice_datapath::policy::PolicyMapKey;
 use sluice_datapath::testrun::{TC_ACT_OK, TC_ACT_SHOT};
@@ -422,50 +422,7 @@ fn a_service_connection_is_judged_against_its_backend() {
     let mut t = TestDatapath::load();
     setup(&mut t, EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED);
     let vip = Ipv4Addr::new(10, 96, 0, 10);
-    let lb = t.dp.lb();
-    lb.set_backend(
-        1,
-        Lb4Backend {
-            address: ip_to_be(PEER),
-            port: 8080u16.to_be(),
-            proto: TCP,
-            flags: 0,
-        },
-    )
-    .unwrap();
-    let slot = |slot| Lb4Key {
-        address: ip_to_be(vip),
-        port: 80u16.to_be(),
-        proto: TCP,
-        slot,
-        ..Default::default()
-    };
-    lb.set_slot(
-        slot(0),
-        Lb4Service {
-            count: 1,
-            rev_nat_id: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    lb.set_slot(
-        slot(1),
-        Lb4Service {
-            backend_id: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    lb.set_revnat(
-        1,
-        Lb4RevNat {
-            address: ip_to_be(vip),
-            port: 80u16.to_be(),
-            pad: 0,
-        },
-    )
-    .unwrap();
+    one_backend_service(&mut t, vip, PEER);
     // Port 80 of the frontend is not what the entry names; the backend's 8080 is.
     assert_eq!(
         egress(&mut t, &tcp((POD, 4000), (vip, 80), SYN)),

@@ -46,6 +46,6 @@ pub use handle::NetHandle;
 pub use ipnet::Ipv4Net;
 pub use link::{LinkInfo, IFF_NOARP};
 pub use mac::{format_mac, parse_mac};
-pub use netns::{Netns, NETNS_RUN_DIR};
+pub use netns::{current_netns_cookie, Netns, NETNS_RUN_DIR};
 pub use route::{Route, RTPROT_BOOT, RTPROT_KERNEL, RTPROT_SLUICE, RTPROT_STATIC};
 pub use sysctl::{sysctl_get, sysctl_set};

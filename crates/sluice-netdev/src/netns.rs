@@ -229,6 +229,12 @@ impl Netns {
         &self.path
     }
 
+    /// The kernel's cookie for this namespace: what `bpf_get_netns_cookie()` returns for its
+    /// sockets, so BPF events from a socket can be tied back to the namespace (Linux 5.14+).
+    pub fn cookie(&self) -> Result<u64> {
+        self.run(current_netns_cookie)?
+    }
+
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }
@@ -307,5 +313,36 @@ impl Netns {
             ))),
             Err(e) => Err(Error::io(format!("open {}", self.path.display()), e)),
         }
+    }
+}
+
+/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE of a fresh socket).
+pub fn current_netns_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: plain socket/getsockopt/close calls on a descriptor this function owns, with an
+    // output buffer of the size passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(Error::io(
+                "socket() for SO_NETNS_COOKIE",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            &mut cookie as *mut u64 as *mut libc::c_void,
+            &mut len,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(Error::io("getsockopt(SO_NETNS_COOKIE)", err));
+        }
+        Ok(cookie)
     }
 }

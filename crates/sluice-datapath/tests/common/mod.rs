@@ -153,3 +153,40 @@ pub fn parse(p: &[u8]) -> Parsed {
         ttl: ip[8],
     }
 }
+
+/// Frontend `vip`:80/TCP with one backend, `backend`:8080 (backend id 1, rev-NAT id 1).
+pub fn one_backend_service(t: &mut TestDatapath, vip: Ipv4Addr, backend: Ipv4Addr) {
+    use sluice_datapath::abi::{ip_to_be, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service};
+    let lb = t.dp.lb();
+    let backend = Lb4Backend {
+        address: ip_to_be(backend),
+        port: 8080u16.to_be(),
+        proto: TCP,
+        flags: 0,
+    };
+    lb.set_backend(1, backend).unwrap();
+    let slot = |slot| Lb4Key {
+        address: ip_to_be(vip),
+        port: 80u16.to_be(),
+        proto: TCP,
+        slot,
+        ..Default::default()
+    };
+    let head = Lb4Service {
+        count: 1,
+        rev_nat_id: 1,
+        ..Default::default()
+    };
+    lb.set_slot(slot(0), head).unwrap();
+    let first = Lb4Service {
+        backend_id: 1,
+        ..Default::default()
+    };
+    lb.set_slot(slot(1), first).unwrap();
+    let revnat = Lb4RevNat {
+        address: ip_to_be(vip),
+        port: 80u16.to_be(),
+        pad: 0,
+    };
+    lb.set_revnat(1, revnat).unwrap();
+}

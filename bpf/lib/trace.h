@@ -1,0 +1,165 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/*
+ * Flow events. Each tc program starts an event for its packet (trace_begin), fills in the
+ * tuple and what happened on the way (service translation, reply or not), and the exit it
+ * takes sends it: every drop, and traces as aggregation allows. Policy verdicts are sent
+ * where policy decides.
+ */
+#ifndef SLUICE_TRACE_H
+#define SLUICE_TRACE_H
+
+#include <linux/in.h>
+#include "maps.h"
+
+#define TRACE_TCP_SYN 0x02
+#define TRACE_TCP_FIN 0x01
+#define TRACE_TCP_RST 0x04
+
+/* Sends one event; a full ring buffer is counted, never silent. */
+static __always_inline void events_output(struct flow_event *ev)
+{
+	if (bpf_ringbuf_output(&sluice_events, ev, sizeof(*ev), 0)) {
+		__u32 zero = 0;
+		struct events_lost *lost = bpf_map_lookup_elem(&sluice_events_lost, &zero);
+		if (lost)
+			lost->events += 1;
+	}
+}
+
+static __always_inline struct flow_event *trace_state(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&sluice_trace_scratch, &zero);
+}
+
+static __always_inline void trace_begin(struct __sk_buff *skb, __u8 point)
+{
+	struct flow_event *ev = trace_state();
+	if (!ev)
+		return;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->point = point;
+	ev->ifindex = skb->ifindex;
+}
+
+/* The connection as the packet arrived. ICMP carries type and code where ports would be. */
+static __always_inline void trace_tuple(__u32 saddr, __u32 daddr, __u8 proto, __u16 sport,
+					__u16 dport, __u8 tcp_flags)
+{
+	struct flow_event *ev = trace_state();
+	if (!ev)
+		return;
+	ev->saddr = saddr;
+	ev->daddr = daddr;
+	ev->proto = proto;
+	ev->sport = sport;
+	ev->dport = dport;
+	ev->tcp_flags = tcp_flags;
+}
+
+static __always_inline void trace_reply(int is_reply)
+{
+	struct flow_event *ev = trace_state();
+	if (ev)
+		ev->flags |= SLUICE_EVF_REPLY_KNOWN | (is_reply ? SLUICE_EVF_REPLY : 0);
+}
+
+/* The destination frontend became backend `addr`:`port`. */
+static __always_inline void trace_dnat(__u32 front_addr, __u16 front_port, __u32 addr, __u16 port)
+{
+	struct flow_event *ev = trace_state();
+	if (!ev)
+		return;
+	ev->flags |= SLUICE_EVF_SVC_DNAT;
+	ev->svc_addr = front_addr;
+	ev->svc_port = front_port;
+	ev->daddr = addr;
+	ev->dport = port;
+}
+
+/* A reply's source (the backend, kept in the tuple) became frontend `addr`:`port`. */
+static __always_inline void trace_revnat(__u32 front_addr, __u16 front_port)
+{
+	struct flow_event *ev = trace_state();
+	if (!ev)
+		return;
+	ev->flags |= SLUICE_EVF_SVC_REVNAT;
+	ev->svc_addr = front_addr;
+	ev->svc_port = front_port;
+}
+
+/*
+ * Medium aggregation: report a flow at a point when it is new (or was last reported long
+ * ago) and on every TCP SYN, FIN and RST.
+ */
+static __always_inline int trace_due(const struct flow_event *ev, __u64 now)
+{
+	__u32 zero = 0;
+	struct datapath_config *cfg = bpf_map_lookup_elem(&sluice_config, &zero);
+	if (!cfg || cfg->monitor_aggregation == SLUICE_AGGREGATION_NONE)
+		return 1;
+	struct flow_seen_key key = {
+		.saddr = ev->saddr, .daddr = ev->daddr, .sport = ev->sport, .dport = ev->dport,
+		.proto = ev->proto, .point = ev->point,
+	};
+	int flags_change = ev->proto == IPPROTO_TCP &&
+			   (ev->tcp_flags & (TRACE_TCP_SYN | TRACE_TCP_FIN | TRACE_TCP_RST));
+	__u64 *last = bpf_map_lookup_elem(&sluice_flow_seen, &key);
+	if (last && !flags_change && now - *last < SLUICE_AGGREGATION_INTERVAL_NS)
+		return 0;
+	bpf_map_update_elem(&sluice_flow_seen, &key, &now, BPF_ANY);
+	return 1;
+}
+
+/* Sends the packet's event as it leaves with `outcome` (a drop or reject: `reason`). A
+ * subprogram, so the many exits of a program share one copy. */
+static __attribute__((noinline, unused)) int trace_emit(struct __sk_buff *skb, __u32 outcome,
+						 __u32 reason)
+{
+	struct flow_event *ev = trace_state();
+	if (!ev)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	int dropped = outcome == SLUICE_OUTCOME_DROP || outcome == SLUICE_OUTCOME_REJECT;
+	if (!dropped) {
+		if (!ev->saddr && !ev->daddr)
+			return 0;  /* not IPv4: nothing to say */
+		if (!trace_due(ev, now))
+			return 0;
+	}
+	ev->type = dropped ? SLUICE_EVENT_DROP : SLUICE_EVENT_TRACE;
+	ev->outcome = outcome;
+	ev->reason = reason;
+	ev->len = skb->len;
+	ev->ktime_ns = now;
+	events_output(ev);
+	return 0;
+}
+
+#define TRACE_POLICY_ALLOWED 0x100
+#define TRACE_POLICY_L4 0x200
+
+/* Policy decided on a new connection in direction `what & 0xff` (with TRACE_POLICY_*), by
+ * the entry found under `identity` (0 and cookie 0: no entry matched). */
+static __attribute__((noinline, unused)) int trace_policy(struct __sk_buff *skb, __u32 what,
+						   __u32 identity, __u32 cookie)
+{
+	struct flow_event *ev = trace_state();
+	if (!ev)
+		return 0;
+	struct flow_event copy = *ev;
+	int allowed = what & TRACE_POLICY_ALLOWED;
+	copy.type = SLUICE_EVENT_POLICY_VERDICT;
+	copy.policy_dir = what & 0xff;
+	copy.policy_identity = identity;
+	copy.policy_cookie = cookie;
+	copy.flags |= (allowed ? SLUICE_EVF_POLICY_ALLOWED : 0) |
+		      ((what & TRACE_POLICY_L4) ? SLUICE_EVF_POLICY_L4 : 0);
+	copy.reason = allowed ? 0 : SLUICE_DROP_POLICY_DENIED;
+	copy.len = skb->len;
+	copy.ktime_ns = bpf_ktime_get_ns();
+	events_output(&copy);
+	return 0;
+}
+
+#endif /* SLUICE_TRACE_H */
