@@ -65,6 +65,10 @@ pub struct Core {
     pub(crate) kept: crate::kept_policies::KeptPolicies,
     /// Problems of the latest policy reconcile (replaced each time).
     pub(crate) policy_problems: Vec<String>,
+    /// Who is who, for the flow observer (None when it is off).
+    pub(crate) flow_directory: Option<crate::observe::SharedDirectory>,
+    pub(crate) netns_cookies: std::collections::HashMap<std::path::PathBuf, u64>,
+    pub(crate) host_netns_cookie: Option<u64>,
 }
 
 impl Core {
@@ -102,11 +106,13 @@ impl Core {
                 let added = self.add(key, netns, pod);
                 // Identity and policy before the runtime starts the pod's processes.
                 self.reconcile_policy();
+                self.refresh_flow_directory();
                 added.map(Response::Added)
             }
             Request::Del { key, .. } => {
                 let deleted = self.del(&key);
                 self.reconcile_policy();
+                self.refresh_flow_directory();
                 deleted.map(|existed| Response::Deleted { existed })
             }
             Request::Check { key, netns } => self
@@ -156,6 +162,7 @@ impl Core {
         self.reconcile_nodes();
         self.reconcile_services(self.services_synced.then_some(&old));
         self.reconcile_policy();
+        self.refresh_flow_directory();
     }
 
     /// `old`: the state the maps were last reconciled to, when they were.

@@ -8,6 +8,7 @@ mod identities;
 mod kept_policies;
 mod metrics;
 mod nodes;
+pub mod observe;
 mod overlay;
 mod policy;
 mod policy_requests;
@@ -17,7 +18,7 @@ mod store;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -86,24 +87,43 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     let source: Box<dyn Source> = Box::new(source::manifests::ManifestDir::new(&cfg.manifests));
     let (core_tx, core_rx) = mpsc::channel::<Command>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    type EventSource = Option<(
+        aya::maps::RingBuf<aya::maps::MapData>,
+        sluice_datapath::EventsLostCounter,
+    )>;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<EventSource>>();
+    let observer = cfg.hubble.enabled.then(|| {
+        Arc::new(observe::Observer::new(
+            &cfg.node_name,
+            cfg.hubble.buffer_capacity,
+        ))
+    });
+    let directory = observer.as_ref().map(|o| o.directory.clone());
     let core_cfg = cfg.clone();
     let description = source.describe();
     // The datapath handles (aya) and netlink handle live on this one thread.
     let core_thread = std::thread::Builder::new()
         .name("core".into())
         .spawn(move || {
-            let started = (|| -> anyhow::Result<Core> {
+            let started = (|| -> anyhow::Result<(Core, EventSource)> {
                 let sizes = sluice_datapath::MapSizes {
                     lb_slots: core_cfg.maps.lb_slots,
                     backends: core_cfg.maps.backends,
                     conntrack: core_cfg.maps.conntrack,
                     policy: core_cfg.maps.policy,
                 };
-                let dp =
+                let mut dp =
                     Datapath::load_with_sizes(&core_cfg.pin_path(), &sizes).with_context(|| {
                         format!("loading the datapath at {}", core_cfg.pin_path().display())
                     })?;
+                dp.set_monitor_aggregation(observe::datapath_aggregation(
+                    core_cfg.hubble.monitor_aggregation,
+                ))?;
+                let events = if directory.is_some() {
+                    Some((dp.take_events()?, dp.open_events_lost()?))
+                } else {
+                    None
+                };
                 let net = NetHandle::current().context("opening netlink")?;
                 let (store, loaded) = store::Store::open(&core_cfg.state_dir)?;
                 let sock_lb = if core_cfg.socket_lb {
@@ -155,6 +175,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     policy,
                     kept,
                     policy_problems: Vec::new(),
+                    flow_directory: directory,
+                    netns_cookies: Default::default(),
+                    host_netns_cookie: sluice_netdev::current_netns_cookie().ok(),
                 };
                 core.state_problems.extend(kept_problem);
                 let stale = core
@@ -171,11 +194,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 }
                 core.reserved = loaded.unreadable;
                 core.recover(loaded.records);
-                Ok(core)
+                Ok((core, events))
             })();
             match started {
-                Ok(core) => {
-                    let _ = ready_tx.send(Ok(()));
+                Ok((core, events)) => {
+                    let _ = ready_tx.send(Ok(events));
                     core.run(core_rx);
                 }
                 Err(e) => {
@@ -183,7 +206,29 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 }
             }
         })?;
-    ready_rx.recv().context("core thread died")??;
+    let events = ready_rx.recv().context("core thread died")??;
+    let mut observer_tasks = Vec::new();
+    if let (Some(observer), Some((ring, lost))) = (&observer, events) {
+        let tcp = if cfg.hubble.listen_address.is_empty() {
+            None
+        } else {
+            Some(cfg.hubble.listen_address.parse().with_context(|| {
+                format!(
+                    "hubble.listenAddress: {:?} is not an address:port",
+                    cfg.hubble.listen_address
+                )
+            })?)
+        };
+        let socket = cfg.hubble_socket();
+        observer_tasks = observe::serve(observer.clone(), &socket, tcp).await?;
+        tracing::info!(socket = %socket.display(), "serving the Hubble Observer API");
+        let reader = observer.clone();
+        observer_tasks.push(tokio::spawn(async move {
+            if let Err(e) = observe::read_events(reader, ring, lost).await {
+                tracing::error!(error = %e, "flow events: reader stopped");
+            }
+        }));
+    }
 
     let (snap_tx, snap_rx) = mpsc::channel();
     std::thread::Builder::new()
@@ -210,7 +255,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("metricsAddress: binding {:?}", cfg.metrics_address))?;
         tracing::info!(address = %cfg.metrics_address, "serving /metrics");
-        Some(tokio::spawn(metrics::serve(listener, core_tx.clone())))
+        Some(tokio::spawn(metrics::serve(
+            listener,
+            core_tx.clone(),
+            observer.as_ref().map(|o| o.metrics.clone()),
+        )))
     };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -219,6 +268,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping; the datapath stays pinned"),
     }
     server.abort();
+    for t in observer_tasks {
+        t.abort();
+    }
+    if observer.is_some() {
+        let _ = std::fs::remove_file(cfg.hubble_socket());
+    }
     if let Some(m) = metrics_server {
         m.abort();
     }

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::core::Command;
+use crate::observe::FlowMetrics;
 
 type Labels = Vec<(String, String)>;
 
@@ -25,58 +26,82 @@ fn gauge(r: &mut Registry, name: &str, help: &str, value: i64) {
 }
 
 /// The exposition text for `s`.
-pub fn render(s: &AgentStatus) -> String {
-    let mut r = Registry::with_prefix("sluice");
+pub fn render(s: &AgentStatus, flows: Option<&FlowMetrics>) -> String {
+    let mut root = Registry::default();
+    if let Some(flows) = flows {
+        let hubble = root.sub_registry_with_prefix("hubble");
+        hubble.register(
+            "flows_processed",
+            "Flows processed, by event type, subtype and verdict",
+            flows.flows_processed.clone(),
+        );
+        hubble.register(
+            "drop",
+            "Packets dropped, by reason and protocol",
+            flows.drops.clone(),
+        );
+        hubble.register(
+            "policy_verdicts",
+            "Policy verdicts on new connections, by direction, match type and action",
+            flows.policy_verdicts.clone(),
+        );
+        hubble.register(
+            "lost_events",
+            "Flow events lost, by where they were lost",
+            flows.lost_events.clone(),
+        );
+    }
+    let r = root.sub_registry_with_prefix("sluice");
     gauge(
-        &mut r,
+        r,
         "agent_ready",
         "1 once the datapath is loaded and the node is known",
         s.ready as i64,
     );
     gauge(
-        &mut r,
+        r,
         "agent_problems",
         "Problems the agent currently reports",
         s.problems.len() as i64,
     );
     gauge(
-        &mut r,
+        r,
         "endpoints",
         "Local endpoints (pods) attached to the datapath",
         s.endpoints as i64,
     );
     gauge(
-        &mut r,
+        r,
         "ipam_allocated",
         "Pod addresses in use on this node",
         s.ips_allocated as i64,
     );
     gauge(
-        &mut r,
+        r,
         "ipam_free",
         "Pod addresses left in this node's pod CIDR",
         s.ips_free as i64,
     );
     gauge(
-        &mut r,
+        r,
         "remote_nodes",
         "Other nodes this node routes to",
         s.remote_nodes.len() as i64,
     );
     gauge(
-        &mut r,
+        r,
         "services",
         "Service frontends programmed in the datapath",
         s.services as i64,
     );
     gauge(
-        &mut r,
+        r,
         "service_backends",
         "Distinct service backends programmed",
         s.backends as i64,
     );
     gauge(
-        &mut r,
+        r,
         "conntrack_entries",
         "Entries in the connection-tracking map",
         s.conntrack_entries as i64,
@@ -116,18 +141,31 @@ pub fn render(s: &AgentStatus) -> String {
         "Bytes seen by the datapath, by observation point and outcome",
         bytes,
     );
+    gauge(
+        r,
+        "policy_entries",
+        "Policy entries programmed for local endpoints",
+        s.policy_entries as i64,
+    );
+    gauge(
+        r,
+        "ipcache_entries",
+        "Addresses with a known identity in the ipcache",
+        s.ipcache_entries as i64,
+    );
     let mut text = String::new();
-    encode(&mut text, &r).expect("writing to a String cannot fail");
+    encode(&mut text, &root).expect("writing to a String cannot fail");
     text
 }
 
 /// Serves `GET /metrics` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, core: mpsc::Sender<Command>) {
+pub async fn serve(listener: TcpListener, core: mpsc::Sender<Command>, flows: Option<FlowMetrics>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
         let core = core.clone();
+        let flows = flows.clone();
         tokio::spawn(async move {
             let mut head = Vec::new();
             let mut buf = [0u8; 1024];
@@ -142,7 +180,7 @@ pub async fn serve(listener: TcpListener, core: mpsc::Sender<Command>) {
                     let (tx, rx) = oneshot::channel();
                     match core.send(Command::Api(Request::Status, tx)) {
                         Ok(()) => match rx.await {
-                            Ok(Response::Status(s)) => ("200 OK", render(&s)),
+                            Ok(Response::Status(s)) => ("200 OK", render(&s, flows.as_ref())),
                             _ => ("503 Service Unavailable", "agent unavailable\n".to_string()),
                         },
                         Err(_) => (
@@ -199,7 +237,7 @@ mod tests {
             policy_entries: 0,
             ipcache_entries: 0,
         };
-        let text = render(&status);
+        let text = render(&status, None);
         for line in [
             "sluice_services 7",
             "sluice_endpoints 3",

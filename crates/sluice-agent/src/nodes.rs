@@ -107,6 +107,9 @@ impl Core {
             maglev_size: self.cfg.maglev_table_size,
             // Tracked connections compare against it: it only moves forward.
             policy_revision: self.dp.config().map(|c| c.policy_revision).unwrap_or(0),
+            monitor_aggregation: crate::observe::datapath_aggregation(
+                self.cfg.hubble.monitor_aggregation,
+            ),
             ..Default::default()
         };
         if self.cfg.routing == RoutingMode::Vxlan {

@@ -388,6 +388,19 @@ impl PolicyState {
         }
     }
 
+    /// Identities of single addresses (pods, nodes) as programmed in the ipcache.
+    pub fn address_identities(&self) -> impl Iterator<Item = (Ipv4Addr, u32)> + '_ {
+        self.ipcache
+            .iter()
+            .filter(|((_, len), _)| *len == 32)
+            .map(|((ip, _), info)| (*ip, info.identity))
+    }
+
+    /// Every rule cookie handed out, with its rule.
+    pub fn rule_cookies(&self) -> impl Iterator<Item = (u32, &RuleRef)> + '_ {
+        self.cookies.iter().map(|(rule, cookie)| (*cookie, rule))
+    }
+
     /// (policy entries, ipcache entries) as programmed.
     pub fn counts(&self) -> (usize, usize) {
         (self.entries.len(), self.ipcache.len())

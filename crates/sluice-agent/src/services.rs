@@ -202,6 +202,11 @@ impl LbState {
         self.backends.len()
     }
 
+    /// The service each frontend came from.
+    pub fn origins(&self) -> impl Iterator<Item = (&Frontend, &FrontendOrigin)> + '_ {
+        self.origins.iter()
+    }
+
     /// (frontend, origin, backends) for display.
     pub fn list(&self) -> Vec<(Frontend, Option<&FrontendOrigin>, &LbEntry)> {
         self.programmed

@@ -75,6 +75,43 @@ impl Default for MapSizes {
     }
 }
 
+/// Which trace events the datapath reports (drops and policy verdicts always are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MonitorAggregation {
+    /// Every packet at every observation point.
+    None,
+    /// A flow's first packet, TCP SYN/FIN/RST, and again every 5 s of activity.
+    #[default]
+    Medium,
+}
+
+/// The Hubble-compatible flow observer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct HubbleConfig {
+    pub enabled: bool,
+    /// Unix socket of the `observer.Observer` gRPC service. Default `<stateDir>/hubble.sock`.
+    pub socket: Option<PathBuf>,
+    /// Also serve it on this TCP address (e.g. "0.0.0.0:4244"); "" = unix socket only.
+    pub listen_address: String,
+    /// Flows kept for `GetFlows` (Hubble's default: 4095).
+    pub buffer_capacity: usize,
+    pub monitor_aggregation: MonitorAggregation,
+}
+
+impl Default for HubbleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            socket: None,
+            listen_address: String::new(),
+            buffer_capacity: 4095,
+            monitor_aggregation: MonitorAggregation::Medium,
+        }
+    }
+}
+
 /// `sluice-agent --config FILE`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -121,6 +158,9 @@ pub struct AgentConfig {
     /// which suits a single node.
     #[serde(default)]
     pub identity_dir: Option<PathBuf>,
+    /// Flow observability (Hubble's Observer API).
+    #[serde(default)]
+    pub hubble: HubbleConfig,
 }
 
 fn default_metrics_address() -> String {
@@ -150,6 +190,13 @@ impl AgentConfig {
         self.identity_dir
             .clone()
             .unwrap_or_else(|| self.state_dir.join("identities"))
+    }
+
+    pub fn hubble_socket(&self) -> PathBuf {
+        self.hubble
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("hubble.sock"))
     }
 
     pub fn pin_path(&self) -> PathBuf {

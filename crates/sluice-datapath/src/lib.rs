@@ -293,6 +293,15 @@ impl Datapath {
         Ok(per_cpu.iter().map(|v| v.events).sum())
     }
 
+    /// A second handle on the lost-events counter, for a reader on another thread.
+    pub fn open_events_lost(&self) -> Result<EventsLostCounter> {
+        let pin = self.pin_path.join(MAP_EVENTS_LOST);
+        let data = MapData::from_pin(&pin).map_err(map_err(MAP_EVENTS_LOST))?;
+        let map = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+            .map_err(map_err(MAP_EVENTS_LOST))?;
+        Ok(EventsLostCounter(map))
+    }
+
     /// Which trace events the datapath sends (abi::AGGREGATION_*).
     pub fn set_monitor_aggregation(&mut self, level: u8) -> Result<()> {
         let mut config = self.config()?;
@@ -315,6 +324,16 @@ impl Datapath {
         }
         out.sort_by_key(|(k, _)| *k);
         Ok(out)
+    }
+}
+
+/// Events the ring buffer had no room for (summed over CPUs).
+pub struct EventsLostCounter(PerCpuArray<MapData, abi::EventsLost>);
+
+impl EventsLostCounter {
+    pub fn total(&self) -> Result<u64> {
+        let per_cpu = self.0.get(&0, 0).map_err(map_err(MAP_EVENTS_LOST))?;
+        Ok(per_cpu.iter().map(|v| v.events).sum())
     }
 }
 

@@ -45,6 +45,11 @@ pub fn config(state: &LabState, paths: &LabPaths, node: &str) -> AgentConfig {
             .map(|root| names::node_pods_cgroup(root, &state.name, node)),
         // One allocator for the whole lab: every node gives the same labels the same number.
         identity_dir: Some(paths.identities()),
+        // The observer listens on <stateDir>/hubble.sock; `sluice observe` reads every node's.
+        hubble: sluice_api::config::HubbleConfig {
+            monitor_aggregation: state.monitor_aggregation,
+            ..Default::default()
+        },
     }
 }
 

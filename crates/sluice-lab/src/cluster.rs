@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use serde_json::Value;
-use sluice_api::config::RoutingMode;
+use sluice_api::config::{MonitorAggregation, RoutingMode};
 
 pub use file::{API_VERSION, KIND};
 
@@ -31,6 +31,7 @@ pub struct Cluster {
     pub extra_manifests: Vec<Value>,
     /// Extra CNI plugins chained after `sluice-cni`.
     pub cni_plugins: Vec<Value>,
+    pub monitor_aggregation: MonitorAggregation,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

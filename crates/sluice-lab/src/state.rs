@@ -31,6 +31,8 @@ pub struct LabState {
     /// Extra CNI plugins chained after sluice-cni.
     #[serde(default)]
     pub cni_plugins: Vec<Value>,
+    #[serde(default)]
+    pub monitor_aggregation: sluice_api::config::MonitorAggregation,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 
 mod agent;
 mod lab;
+mod observe;
 mod output;
 mod policy;
 
@@ -37,6 +38,8 @@ enum Command {
         #[command(subcommand)]
         command: policy::PolicyCommand,
     },
+    /// Flows with their Kubernetes context, from every node (like `hubble observe`).
+    Observe(Box<observe::ObserveArgs>),
     /// A Kubernetes cluster made of network namespaces on this machine.
     Lab {
         #[command(subcommand)]
@@ -52,6 +55,7 @@ fn main() {
         Command::Service { command } => agent::service(command),
         Command::Policy { command } => policy::run(command),
         Command::Lab { command } => lab::run(command),
+        Command::Observe(args) => observe::run(*args),
     };
     match result {
         Ok(code) => std::process::exit(code),

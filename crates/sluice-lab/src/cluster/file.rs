@@ -36,6 +36,9 @@ pub struct ClusterSpec {
     pub nodes: Vec<NodeDoc>,
     #[serde(default)]
     pub cni: Option<CniDoc>,
+    /// Which trace events the datapath reports: `medium` (default) or `none` (every packet).
+    #[serde(default)]
+    pub monitor_aggregation: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -309,6 +309,22 @@ fn cni_plugins_need_a_type() {
 }
 
 #[test]
+fn monitor_aggregation_is_medium_unless_set_to_none() {
+    use sluice_api::config::MonitorAggregation;
+    assert_eq!(
+        Cluster::parse(HEAD).unwrap().monitor_aggregation,
+        MonitorAggregation::Medium
+    );
+    let none = format!("{HEAD}  monitorAggregation: none\n");
+    assert_eq!(
+        Cluster::parse(&none).unwrap().monitor_aggregation,
+        MonitorAggregation::None
+    );
+    let bad = format!("{HEAD}  monitorAggregation: maximum\n");
+    assert_problem(&bad, &["spec.monitorAggregation", "\"maximum\""]);
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let text = HEAD
         .replace("10.10.1.0/24", "10.0.0.0/33")

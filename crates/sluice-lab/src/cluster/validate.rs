@@ -9,7 +9,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sluice_api::config::RoutingMode;
+use sluice_api::config::{MonitorAggregation, RoutingMode};
 
 use super::file::{ClusterDoc, API_VERSION, KIND};
 use super::{Cluster, ClusterError, NodeDef, PodDef, DEFAULT_UNDERLAY};
@@ -58,6 +58,16 @@ pub fn cluster(docs: Vec<Value>) -> Result<Cluster, ClusterError> {
     let underlay = parse_cidr(&mut p, "spec.underlay", underlay_text);
     let nodes = nodes(&mut p, &doc, underlay, underlay_text);
     let cni_plugins = cni_plugins(&mut p, &doc);
+    let monitor_aggregation = match doc.spec.monitor_aggregation.as_deref().unwrap_or("medium") {
+        "medium" => MonitorAggregation::Medium,
+        "none" => MonitorAggregation::None,
+        other => {
+            p.push(format!(
+                "spec.monitorAggregation: {other:?} is not one of: none, medium"
+            ));
+            MonitorAggregation::Medium
+        }
+    };
 
     let mut namespaces: Vec<Namespace> = Vec::new();
     let mut pods: Vec<(usize, Pod)> = Vec::new();
@@ -121,6 +131,7 @@ pub fn cluster(docs: Vec<Value>) -> Result<Cluster, ClusterError> {
         pods,
         extra_manifests: extra.into_iter().map(|(_, _, _, v)| v).collect(),
         cni_plugins,
+        monitor_aggregation,
     })
 }
 
