@@ -54,6 +54,9 @@ sleep 1
 "$sluice" policy trace --lab "$lab" --from y/d --to x/a --port 80/tcp || true
 printf '  x/c -> x/a: %s\n' "$(http x/c "$xa")"
 printf '  y/d -> x/a: %s\n' "$(timeout 3 "$sluice" lab exec --lab "$lab" y/d -- bash -c "exec 3<>/dev/tcp/$xa/80 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && tail -n 1 <&3" 2>/dev/null || echo 'no answer (dropped: policy denied)')"
+step "Flows (like hubble observe): the denied connection, the allowed one, and the policy verdicts"
+"$sluice" observe --lab "$lab" --to-pod x/a --last 8
+"$sluice" observe --lab "$lab" -t policy-verdict --last 4 -o table
 "$sluice" lab delete --lab "$lab" only-x
 
 step "BPF links on this machine (the lab's two nodes): TCX on pod veths and VXLAN devices ('type 11' in Debian's bpftool 7.1), cgroup socket-LB"

@@ -302,6 +302,8 @@ impl Core {
             policies: self.desired.policies.len(),
             policy_entries: self.policy.counts().0,
             ipcache_entries: self.policy.counts().1,
+            flow_events_lost: self.dp.events_lost().unwrap_or(0),
+            hubble_socket: self.cfg.hubble.enabled.then(|| self.cfg.hubble_socket()),
         }
     }
 }

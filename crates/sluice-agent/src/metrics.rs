@@ -153,6 +153,13 @@ pub fn render(s: &AgentStatus, flows: Option<&FlowMetrics>) -> String {
         "Addresses with a known identity in the ipcache",
         s.ipcache_entries as i64,
     );
+    let lost = Gauge::<i64>::default();
+    lost.set(s.flow_events_lost as i64);
+    r.register(
+        "flow_events_lost",
+        "Flow events the datapath ring buffer had no room for (kernel counter)",
+        lost,
+    );
     let mut text = String::new();
     encode(&mut text, &root).expect("writing to a String cannot fail");
     text
@@ -236,9 +243,12 @@ mod tests {
             policies: 0,
             policy_entries: 0,
             ipcache_entries: 0,
+            flow_events_lost: 9,
+            hubble_socket: None,
         };
         let text = render(&status, None);
         for line in [
+            "sluice_flow_events_lost 9",
             "sluice_services 7",
             "sluice_endpoints 3",
             "sluice_bpf_map_pressure{map_name=\"conntrack\"} 0.25",

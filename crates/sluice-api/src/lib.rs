@@ -220,6 +220,12 @@ pub struct AgentStatus {
     /// Addresses the ipcache knows (pods and nodes).
     #[serde(default)]
     pub ipcache_entries: usize,
+    /// Flow events the datapath's ring buffer had no room for, since the map was created.
+    #[serde(default)]
+    pub flow_events_lost: u64,
+    /// Where the Hubble Observer API listens; None when the observer is off.
+    #[serde(default)]
+    pub hubble_socket: Option<PathBuf>,
 }
 
 /// One datapath counter: where (observation point), what happened, and why (drops).

@@ -208,6 +208,14 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
         "Socket-LB:   {}",
         if s.socket_lb { "attached" } else { "off" }
     );
+    match &s.hubble_socket {
+        Some(socket) => println!(
+            "Observer:    {} ({} flow events lost)",
+            socket.display(),
+            s.flow_events_lost
+        ),
+        None => println!("Observer:    off"),
+    }
     println!("Source:      {}", s.source);
     println!("Pin path:    {}", s.pin_path.display());
     println!("Uptime:      {}s", s.uptime_seconds);
