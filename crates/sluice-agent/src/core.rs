@@ -69,6 +69,7 @@ pub struct Core {
     pub(crate) flow_directory: Option<crate::observe::SharedDirectory>,
     pub(crate) netns_cookies: std::collections::HashMap<std::path::PathBuf, u64>,
     pub(crate) host_netns_cookie: Option<u64>,
+    pub(crate) metrics: crate::metrics::AgentMetrics,
 }
 
 impl Core {
@@ -176,6 +177,8 @@ impl Core {
         let started = Instant::now();
         self.service_problems.clear();
         let result = self.lb.reconcile(&mut self.dp, old, &self.desired, view);
+        self.metrics
+            .observe_reconcile("services", started.elapsed());
         // A failed or partial pass leaves the maps behind `desired`: the next one starts over
         // (and so retries what did not fit once room is made).
         self.services_synced = result.as_ref().is_ok_and(|r| r.skipped.is_empty());
@@ -303,6 +306,17 @@ impl Core {
             policy_entries: self.policy.counts().0,
             ipcache_entries: self.policy.counts().1,
             flow_events_lost: self.dp.events_lost().unwrap_or(0),
+            map_pressure: {
+                let (slots, slot_max) = self.lb.slot_pressure();
+                vec![
+                    ("lb4_services".into(), slots as u64, slot_max as u64),
+                    (
+                        "policy".into(),
+                        self.policy.counts().0 as u64,
+                        self.cfg.maps.policy as u64,
+                    ),
+                ]
+            },
             hubble_socket: self.cfg.hubble.enabled.then(|| self.cfg.hubble_socket()),
         }
     }

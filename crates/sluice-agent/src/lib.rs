@@ -99,6 +99,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         ))
     });
     let directory = observer.as_ref().map(|o| o.directory.clone());
+    let agent_metrics = metrics::AgentMetrics::default();
+    let core_metrics = agent_metrics.clone();
     let core_cfg = cfg.clone();
     let description = source.describe();
     // The datapath handles (aya) and netlink handle live on this one thread.
@@ -176,6 +178,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     kept,
                     policy_problems: Vec::new(),
                     flow_directory: directory,
+                    metrics: core_metrics,
                     netns_cookies: Default::default(),
                     host_netns_cookie: sluice_netdev::current_netns_cookie().ok(),
                 };
@@ -258,6 +261,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         Some(tokio::spawn(metrics::serve(
             listener,
             core_tx.clone(),
+            agent_metrics.clone(),
             observer.as_ref().map(|o| o.metrics.clone()),
         )))
     };

@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use sluice_api::config::MonitorAggregation;
 
 /// sluice node agent: programs this node's eBPF datapath from the desired state.
 #[derive(Parser)]
@@ -9,6 +10,10 @@ struct Args {
     /// Agent configuration file (YAML).
     #[arg(long, short, env = "SLUICE_AGENT_CONFIG")]
     config: PathBuf,
+    /// Which trace events the datapath reports, overriding `hubble.monitorAggregation`:
+    /// `medium` (a flow's first packet, TCP SYN/FIN/RST) or `none` (every packet).
+    #[arg(long, value_parser = ["none", "medium"])]
+    monitor_aggregation: Option<String>,
 }
 
 #[tokio::main]
@@ -21,6 +26,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let cfg = sluice_agent::load_config(&args.config)?;
+    let mut cfg = sluice_agent::load_config(&args.config)?;
+    match args.monitor_aggregation.as_deref() {
+        Some("none") => cfg.hubble.monitor_aggregation = MonitorAggregation::None,
+        Some("medium") => cfg.hubble.monitor_aggregation = MonitorAggregation::Medium,
+        _ => {}
+    }
     sluice_agent::run(cfg).await
 }

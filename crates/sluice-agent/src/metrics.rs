@@ -8,6 +8,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use sluice_api::{AgentStatus, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,7 +27,35 @@ fn gauge(r: &mut Registry, name: &str, help: &str, value: i64) {
 }
 
 /// The exposition text for `s`.
-pub fn render(s: &AgentStatus, flows: Option<&FlowMetrics>) -> String {
+/// Histograms the core thread fills as it works (the rest is read from a Status snapshot).
+#[derive(Clone)]
+pub struct AgentMetrics {
+    /// Seconds per reconcile pass, by what was reconciled (services, policy).
+    pub reconcile: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+fn reconcile_histogram() -> Histogram {
+    // 50 µs .. ~13 s
+    Histogram::new(exponential_buckets(0.00005, 4.0, 10))
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self {
+            reconcile: Family::new_with_constructor(reconcile_histogram),
+        }
+    }
+}
+
+impl AgentMetrics {
+    pub fn observe_reconcile(&self, kind: &str, took: std::time::Duration) {
+        self.reconcile
+            .get_or_create(&vec![("kind".to_string(), kind.to_string())])
+            .observe(took.as_secs_f64());
+    }
+}
+
+pub fn render(s: &AgentStatus, agent: &AgentMetrics, flows: Option<&FlowMetrics>) -> String {
     let mut root = Registry::default();
     if let Some(flows) = flows {
         let hubble = root.sub_registry_with_prefix("hubble");
@@ -52,6 +81,11 @@ pub fn render(s: &AgentStatus, flows: Option<&FlowMetrics>) -> String {
         );
     }
     let r = root.sub_registry_with_prefix("sluice");
+    r.register(
+        "reconcile_duration_seconds",
+        "Time a reconcile pass took, by what it reconciled",
+        agent.reconcile.clone(),
+    );
     gauge(
         r,
         "agent_ready",
@@ -115,6 +149,13 @@ pub fn render(s: &AgentStatus, flows: Option<&FlowMetrics>) -> String {
     pressure
         .get_or_create(&vec![("map_name".into(), "conntrack".into())])
         .set(fill);
+    for (map, entries, max) in &s.map_pressure {
+        if *max > 0 {
+            pressure
+                .get_or_create(&vec![("map_name".into(), map.clone())])
+                .set(*entries as f64 / *max as f64);
+        }
+    }
     r.register(
         "bpf_map_pressure",
         "Fill ratio of a BPF map (entries / capacity)",
@@ -166,13 +207,19 @@ pub fn render(s: &AgentStatus, flows: Option<&FlowMetrics>) -> String {
 }
 
 /// Serves `GET /metrics` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, core: mpsc::Sender<Command>, flows: Option<FlowMetrics>) {
+pub async fn serve(
+    listener: TcpListener,
+    core: mpsc::Sender<Command>,
+    agent: AgentMetrics,
+    flows: Option<FlowMetrics>,
+) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
         let core = core.clone();
         let flows = flows.clone();
+        let agent = agent.clone();
         tokio::spawn(async move {
             let mut head = Vec::new();
             let mut buf = [0u8; 1024];
@@ -182,22 +229,23 @@ pub async fn serve(listener: TcpListener, core: mpsc::Sender<Command>, flows: Op
                     Ok(n) => head.extend_from_slice(&buf[..n]),
                 }
             }
-            let (status, body) =
-                if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
-                    let (tx, rx) = oneshot::channel();
-                    match core.send(Command::Api(Request::Status, tx)) {
-                        Ok(()) => match rx.await {
-                            Ok(Response::Status(s)) => ("200 OK", render(&s, flows.as_ref())),
-                            _ => ("503 Service Unavailable", "agent unavailable\n".to_string()),
-                        },
-                        Err(_) => (
-                            "503 Service Unavailable",
-                            "agent shutting down\n".to_string(),
-                        ),
-                    }
-                } else {
-                    ("404 Not Found", "only /metrics lives here\n".to_string())
-                };
+            let (status, body) = if head.starts_with(b"GET /metrics ")
+                || head.starts_with(b"GET /metrics?")
+            {
+                let (tx, rx) = oneshot::channel();
+                match core.send(Command::Api(Request::Status, tx)) {
+                    Ok(()) => match rx.await {
+                        Ok(Response::Status(s)) => ("200 OK", render(&s, &agent, flows.as_ref())),
+                        _ => ("503 Service Unavailable", "agent unavailable\n".to_string()),
+                    },
+                    Err(_) => (
+                        "503 Service Unavailable",
+                        "agent shutting down\n".to_string(),
+                    ),
+                }
+            } else {
+                ("404 Not Found", "only /metrics lives here\n".to_string())
+            };
             let answer = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -244,14 +292,19 @@ mod tests {
             policy_entries: 0,
             ipcache_entries: 0,
             flow_events_lost: 9,
+            map_pressure: vec![("policy".into(), 16, 64)],
             hubble_socket: None,
         };
-        let text = render(&status, None);
+        let agent = AgentMetrics::default();
+        agent.observe_reconcile("policy", std::time::Duration::from_micros(300));
+        let text = render(&status, &agent, None);
         for line in [
             "sluice_flow_events_lost 9",
+            "sluice_reconcile_duration_seconds_count{kind=\"policy\"} 1",
             "sluice_services 7",
             "sluice_endpoints 3",
             "sluice_bpf_map_pressure{map_name=\"conntrack\"} 0.25",
+            "sluice_bpf_map_pressure{map_name=\"policy\"} 0.25",
             "sluice_datapath_packets_total{point=\"from-endpoint\",outcome=\"drop\",reason=\"invalid-source-ip\"} 42",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");

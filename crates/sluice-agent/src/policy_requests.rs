@@ -30,6 +30,7 @@ impl Core {
         let changes = self
             .policy
             .reconcile(&mut self.dp, &self.desired, &node.info, &local);
+        self.metrics.observe_reconcile("policy", started.elapsed());
         if changes.written + changes.removed > 0 {
             tracing::info!(
                 written = changes.written,

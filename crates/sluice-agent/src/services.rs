@@ -194,6 +194,11 @@ impl LbState {
         Ok(stale.len())
     }
 
+    /// (slots in use, capacity) of the service map.
+    pub fn slot_pressure(&self) -> (usize, u32) {
+        (self.slots_used, self.capacity.lb_slots)
+    }
+
     pub fn frontends(&self) -> usize {
         self.programmed.len()
     }

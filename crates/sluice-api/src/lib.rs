@@ -223,6 +223,9 @@ pub struct AgentStatus {
     /// Flow events the datapath's ring buffer had no room for, since the map was created.
     #[serde(default)]
     pub flow_events_lost: u64,
+    /// (entries, capacity) of the other maps that grow with the cluster, by map name.
+    #[serde(default)]
+    pub map_pressure: Vec<(String, u64, u64)>,
     /// Where the Hubble Observer API listens; None when the observer is off.
     #[serde(default)]
     pub hubble_socket: Option<PathBuf>,
