@@ -10,7 +10,8 @@
 
 /*
  * A reply is translated back; else a packet to a frontend becomes one to a backend; a SYN
- * to a frontend without backends is refused with a RST. Returns SERVICE_CONTINUE with
+ * to a frontend without backends is refused with a RST, a UDP datagram with ICMP port
+ * unreachable. Returns SERVICE_CONTINUE with
  * *daddr updated and *outcome saying what happened (0: nothing, not a service packet), or
  * the tc verdict the program must return.
  */
@@ -28,6 +29,8 @@ static __always_inline int lb4_service_step(struct __sk_buff *skb, __u8 point, _
 	if (v == LB_DROP) {
 		if (reason == SLUICE_DROP_NO_SERVICE_BACKEND) {
 			int verdict = reject_tcp_syn(skb, point, t);
+			if (verdict < 0)
+				verdict = reject_udp(skb, point, t);
 			if (verdict >= 0)
 				return verdict;
 		}

@@ -6,7 +6,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::{packet, parse, require_root, run, TestDatapath};
+use common::{checksum, packet, parse, require_root, run, TestDatapath};
 use sluice_datapath::abi::*;
 use sluice_datapath::testrun::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 use sluice_datapath::EndpointInfo;
@@ -243,7 +243,7 @@ fn udp_with_and_without_checksum() {
 }
 
 #[test]
-fn a_service_without_backends_rejects_tcp_and_drops_udp() {
+fn a_service_without_backends_rejects_tcp_and_udp() {
     if !require_root() {
         return;
     }
@@ -278,7 +278,7 @@ fn a_service_without_backends_rejects_tcp_and_drops_udp() {
         "MACs swapped"
     );
 
-    // UDP has no RST: dropped, with the reason counted.
+    // UDP: ICMP port unreachable from the frontend, quoting the datagram's headers.
     t.dp.lb()
         .set_slot(
             key(EMPTY_VIP, 80, UDP, 0),
@@ -289,12 +289,36 @@ fn a_service_without_backends_rejects_tcp_and_drops_udp() {
             },
         )
         .unwrap();
-    let out = run(
-        &mut t,
-        sluice_datapath::FROM_CONTAINER,
-        &packet(UDP, (CLIENT, 5000), (EMPTY_VIP, 80), 0, true),
+    let datagram = packet(UDP, (CLIENT, 5000), (EMPTY_VIP, 80), 0, true);
+    let out = run(&mut t, sluice_datapath::FROM_CONTAINER, &datagram);
+    assert_eq!(
+        out.retval, TC_ACT_REDIRECT,
+        "the error goes back to the pod"
     );
-    assert_eq!(out.retval, TC_ACT_SHOT);
+    let icmp = &out.packet;
+    assert_eq!(
+        icmp.len(),
+        14 + 20 + 8 + 20 + 8,
+        "Ethernet + IP + ICMP + quoted IP + 8 bytes"
+    );
+    assert_eq!(
+        (&icmp[0..6], &icmp[6..12]),
+        (&datagram[6..12], &datagram[0..6]),
+        "MACs swapped"
+    );
+    let ip = &icmp[14..34];
+    assert_eq!(checksum(ip), 0, "IP header checksum");
+    assert_eq!(ip[9], 1, "ICMP");
+    assert_eq!(&ip[12..16], &EMPTY_VIP.octets(), "from the frontend");
+    assert_eq!(&ip[16..20], &CLIENT.octets(), "to the client");
+    let body = &icmp[34..];
+    assert_eq!((body[0], body[1]), (3, 3), "destination unreachable: port");
+    assert_eq!(checksum(body), 0, "ICMP checksum");
+    assert_eq!(
+        &body[8..36],
+        &datagram[14..42],
+        "quotes the datagram's IP and UDP headers"
+    );
     let counted = |outcome| {
         t.dp.metrics()
             .unwrap()
@@ -302,8 +326,7 @@ fn a_service_without_backends_rejects_tcp_and_drops_udp() {
             .find(|(k, _)| k.outcome == outcome && k.reason == DROP_NO_SERVICE_BACKEND)
             .map(|(_, v)| v.packets)
     };
-    assert_eq!(counted(OUTCOME_REJECT), Some(1));
-    assert_eq!(counted(OUTCOME_DROP), Some(1));
+    assert_eq!(counted(OUTCOME_REJECT), Some(2), "the SYN and the datagram");
 }
 
 #[test]

@@ -46,8 +46,10 @@ pub fn config(state: &LabState, paths: &LabPaths, node: &str) -> AgentConfig {
         // One allocator for the whole lab: every node gives the same labels the same number.
         identity_dir: Some(paths.identities()),
         // The observer listens on <stateDir>/hubble.sock; `sluice observe` reads every node's.
+        // Also on Hubble's port inside the node, as a DaemonSet's host-network agent would.
         hubble: sluice_api::config::HubbleConfig {
             monitor_aggregation: state.monitor_aggregation,
+            listen_address: "0.0.0.0:4244".into(),
             ..Default::default()
         },
     }

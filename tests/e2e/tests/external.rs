@@ -70,7 +70,7 @@ spec: {clusterIP: 10.96.1.14, sessionAffinity: ClientIP, selector: {app: web}, p
 apiVersion: v1
 kind: Service
 metadata: {name: empty, namespace: x}
-spec: {type: NodePort, clusterIP: 10.96.1.15, selector: {app: nobody}, ports: [{port: 80, nodePort: 30083}]}
+spec: {type: NodePort, clusterIP: 10.96.1.15, selector: {app: nobody}, ports: [{name: http, port: 80, nodePort: 30083}, {name: dns, port: 53, protocol: UDP, nodePort: 30084}]}
 "#;
 
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -254,6 +254,34 @@ fn external(routing: &str) {
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "{routing}: refusals took {:?}",
+        started.elapsed()
+    );
+    // UDP: ICMP port unreachable from the frontend, so a connected socket is refused too.
+    let started = Instant::now();
+    let empty_np_udp = SocketAddr::from((a_ip, 30084));
+    let empty_vip_udp = SocketAddr::from((Ipv4Addr::new(10, 96, 1, 15), 53));
+    let from_outside = lab
+        .run_outside(move || probe::udp_echo(empty_np_udp, b"hello", PROBE_TIMEOUT))
+        .unwrap();
+    let from_pod = lab
+        .run_in_pod("x/z", move || {
+            probe::udp_echo(empty_vip_udp, b"hello", PROBE_TIMEOUT)
+        })
+        .unwrap();
+    for (what, r) in [
+        ("outside -> NodePort/UDP", from_outside),
+        ("pod -> ClusterIP/UDP", from_pod),
+    ] {
+        let kind = r.map(|_| ()).map_err(|e| e.kind());
+        assert_eq!(
+            kind,
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "{routing}: {what} without endpoints"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{routing}: UDP refusals took {:?}",
         started.elapsed()
     );
 

@@ -277,6 +277,25 @@ fn flows_with_kubernetes_context_over_hubbles_api() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains(dead), "the dead node is named: {err}");
     assert_eq!(out.lines().count(), 3, "{out}");
+    // Hubble's TCP port, from inside the node.
+    let (code, out, err) = sluice(&[
+        "lab",
+        "exec",
+        "--lab",
+        lab.name(),
+        "--node",
+        "node-b",
+        "--",
+        bin_dir().join("sluice").to_str().unwrap(),
+        "observe",
+        "--server",
+        "127.0.0.1:4244",
+        "--last",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("[node-b]"), "{out}");
     let (code, _, err) = sluice(&["observe", "--server", dead]);
     assert_ne!(code, 0);
     assert!(err.contains("no node answered"), "{err}");
