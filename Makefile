@@ -3,7 +3,7 @@
 CARGO ?= cargo
 export SLUICE_BIN_DIR := $(CURDIR)/target/debug
 
-.PHONY: deps build test test-unit test-e2e demo fmt lint clean-labs
+.PHONY: deps build test test-unit test-e2e demo bench fmt lint clean-labs
 
 deps:
 	@./scripts/install-deps.sh
@@ -25,6 +25,10 @@ test-e2e: build
 
 demo: build
 	@./scripts/demo.sh
+
+# sluice against kube-proxy's iptables/nftables modes; results and plots in bench-results/.
+bench: build
+	$(SLUICE_BIN_DIR)/sluice bench $(BENCH_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

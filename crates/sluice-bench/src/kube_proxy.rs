@@ -197,9 +197,9 @@ pub fn nftables(services: &[ServicePort], pod_cidr: &str) -> String {
          add rule ip kube-proxy nat-output jump services\n\
          add chain ip kube-proxy nat-postrouting { type nat hook postrouting priority 100 ; }\n\
          add rule ip kube-proxy nat-postrouting jump masquerading\n\
+         add chain ip kube-proxy services-filter\n\
          add chain ip kube-proxy filter-forward { type filter hook forward priority -110 ; }\n\
-         add rule ip kube-proxy filter-forward ct state new jump services-filter\n\
-         add chain ip kube-proxy services-filter\n",
+         add rule ip kube-proxy filter-forward ct state new jump services-filter\n",
     );
     for sp in services {
         let base = format!(

@@ -2,5 +2,104 @@
 //! side against faithful emulations of kube-proxy's iptables and nftables modes.
 //!
 //! * [`kube_proxy`]: the rules kube-proxy writes (pure text generation, unit-tested).
+//! * [`topology`]: client, backends and a router in network namespaces (the kube-proxy arms).
+//! * [`load`]: the server and the TCP_CRR/TCP_RR-style clients.
 
+pub mod arms;
+pub mod bpf_cost;
 pub mod kube_proxy;
+pub mod load;
+pub mod report;
+pub mod topology;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arms::{Arm, Settings};
+use report::{BpfCost, Report};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Numbers of background Services, ascending.
+    pub services: Vec<usize>,
+    pub arms: Vec<Arm>,
+    /// Each CRR and RR run.
+    pub duration: Duration,
+    /// BPF_PROG_TEST_RUN repetitions per N (0: skip).
+    pub bpf_repeat: u32,
+    pub settings: Settings,
+}
+
+/// Runs every arm at every N; `progress` hears each step.
+pub fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Report, String> {
+    arms::check_tools(&opts.arms)?;
+    let mut report = Report::default();
+    let kube: Vec<Arm> = opts.arms.iter().copied().filter(|a| !a.in_lab()).collect();
+    let steps = opts.arms.len() * opts.services.len();
+    let mut step = 0;
+    for &n in &opts.services {
+        for &arm in &kube {
+            step += 1;
+            progress(&format!(
+                "[{step}/{steps}] {} with {n} services",
+                arm.name()
+            ));
+            report
+                .measurements
+                .push(arms::kube_proxy_arm(arm, n, &opts.settings)?);
+        }
+    }
+    for &arm in opts.arms.iter().filter(|a| a.in_lab()) {
+        let tell = |what: &str| progress(&format!("[{}/{steps}] {what}", step + 1));
+        let ms = arms::sluice_arm(arm, &opts.services, &opts.settings, &tell)?;
+        step += ms.len();
+        report.measurements.extend(ms);
+    }
+    if opts.bpf_repeat > 0 {
+        for &n in &opts.services {
+            progress(&format!(
+                "BPF_PROG_TEST_RUN: from_container with {n} services, {} runs",
+                opts.bpf_repeat
+            ));
+            let ns = bpf_cost::ns_per_packet(n, opts.bpf_repeat, &opts.settings.prefix)?;
+            report.bpf.push(BpfCost {
+                services: n,
+                ns_per_packet: ns,
+            });
+        }
+    }
+    Ok(report)
+}
+
+/// Writes results.{md,csv,json} and the plots into `dir`; returns the files written.
+pub fn write(report: &Report, dir: &std::path::Path) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let files = [
+        ("results.md", report.markdown()),
+        ("results.csv", report.csv()),
+        (
+            "results.json",
+            serde_json::to_string_pretty(report).map_err(|e| e.to_string())?,
+        ),
+        (
+            "crr-latency.svg",
+            report.svg(
+                "New connection through the ClusterIP: p50 latency",
+                "µs",
+                |m| m.crr_p50_us,
+            ),
+        ),
+        (
+            "load-time.svg",
+            report.svg("Time to load all Services", "seconds", |m| m.load_seconds),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        out.push(path);
+    }
+    Ok(out)
+}

@@ -37,7 +37,7 @@ pub fn config(state: &LabState, paths: &LabPaths, node: &str) -> AgentConfig {
         // Each node has its own network namespace, so every agent can use the same port.
         metrics_address: "127.0.0.1:9962".into(),
         // Never the host's root cgroup: without a lab cgroup, no socket-LB.
-        socket_lb: state.cgroup_root.is_some(),
+        socket_lb: state.socket_lb && state.cgroup_root.is_some(),
         // Socket-LB covers this node's pods only (not other nodes, labs or the host).
         cgroup_path: state
             .cgroup_root

@@ -32,6 +32,8 @@ pub struct Cluster {
     /// Extra CNI plugins chained after `sluice-cni`.
     pub cni_plugins: Vec<Value>,
     pub monitor_aggregation: MonitorAggregation,
+    /// Socket-LB in the agents (when the machine has cgroup v2).
+    pub socket_lb: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,6 +33,12 @@ pub struct LabState {
     pub cni_plugins: Vec<Value>,
     #[serde(default)]
     pub monitor_aggregation: sluice_api::config::MonitorAggregation,
+    #[serde(default = "yes")]
+    pub socket_lb: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

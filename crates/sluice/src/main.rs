@@ -1,6 +1,7 @@
 //! `sluice`: the command line for sluice agents and labs.
 
 mod agent;
+mod bench;
 mod lab;
 mod observe;
 mod output;
@@ -40,6 +41,8 @@ enum Command {
     },
     /// Flows with their Kubernetes context, from every node (like `hubble observe`).
     Observe(Box<observe::ObserveArgs>),
+    /// sluice against kube-proxy's iptables and nftables modes, side by side, with plots.
+    Bench(Box<bench::BenchArgs>),
     /// A Kubernetes cluster made of network namespaces on this machine.
     Lab {
         #[command(subcommand)]
@@ -56,6 +59,7 @@ fn main() {
         Command::Policy { command } => policy::run(command),
         Command::Lab { command } => lab::run(command),
         Command::Observe(args) => observe::run(*args),
+        Command::Bench(args) => bench::run(*args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -39,6 +39,9 @@ pub struct ClusterSpec {
     /// Which trace events the datapath reports: `medium` (default) or `none` (every packet).
     #[serde(default)]
     pub monitor_aggregation: Option<String>,
+    /// Socket-LB in the agents (default true; needs a cgroup v2 mount).
+    #[serde(default)]
+    pub socket_lb: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

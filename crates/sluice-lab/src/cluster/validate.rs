@@ -132,6 +132,7 @@ pub fn cluster(docs: Vec<Value>) -> Result<Cluster, ClusterError> {
         extra_manifests: extra.into_iter().map(|(_, _, _, v)| v).collect(),
         cni_plugins,
         monitor_aggregation,
+        socket_lb: doc.spec.socket_lb.unwrap_or(true),
     })
 }
 

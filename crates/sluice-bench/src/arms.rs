@@ -1,0 +1,416 @@
+//! The arms of the comparison and how each is set up, loaded with N Services, measured and
+//! torn down: the kube-proxy emulations and the no-rules floor on the plain topology, sluice
+//! (the real agent and datapath, socket-LB on and off) in a one-node lab.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::kube_proxy::{self, ServicePort};
+use crate::load::{self, Sample};
+use crate::topology::{Topology, BACKEND_PORT, POD_CIDR};
+
+/// The measured Service's frontend.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arm {
+    /// The kernel's own path between the client and a backend: no Service at all.
+    NoRules,
+    IptablesLegacy,
+    IptablesNft,
+    Nftables,
+    Sluice,
+    SluiceNoSocketLb,
+    /// The sluice lab's own floor: the client straight to a backend pod, no Service. Measured
+    /// with the sluice arm (pods on one node: the datapath redirects veth to veth, so this
+    /// path is shorter than the plain topology's routed one).
+    SluicePodToPod,
+}
+
+impl Arm {
+    pub const ALL: [Arm; 7] = [
+        Arm::NoRules,
+        Arm::IptablesLegacy,
+        Arm::IptablesNft,
+        Arm::Nftables,
+        Arm::Sluice,
+        Arm::SluiceNoSocketLb,
+        Arm::SluicePodToPod,
+    ];
+
+    /// The arm measuring the same topology without any Service.
+    pub fn floor(self) -> Arm {
+        match self {
+            Arm::Sluice | Arm::SluiceNoSocketLb | Arm::SluicePodToPod => Arm::SluicePodToPod,
+            _ => Arm::NoRules,
+        }
+    }
+
+    /// Runs in a sluice lab (not on the plain topology).
+    pub fn in_lab(self) -> bool {
+        self.floor() == Arm::SluicePodToPod
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arm::NoRules => "no-rules",
+            Arm::IptablesLegacy => "iptables-legacy",
+            Arm::IptablesNft => "iptables-nft",
+            Arm::Nftables => "nftables",
+            Arm::Sluice => "sluice",
+            Arm::SluiceNoSocketLb => "sluice-no-socket-lb",
+            Arm::SluicePodToPod => "sluice-pod-to-pod",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Arm, String> {
+        Arm::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Arm::ALL.iter().map(|a| a.name()).collect();
+            format!("arm {s:?} is not one of: {}", names.join(", "))
+        })
+    }
+}
+
+/// One arm at one number of Services.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    pub arm: Arm,
+    pub services: usize,
+    /// Seconds from handing over the N+1 Services to their being in effect.
+    pub load_seconds: f64,
+    pub crr_rate: f64,
+    pub crr_p50_us: f64,
+    pub crr_p99_us: f64,
+    pub crr_errors: u64,
+    pub rr_p50_us: f64,
+    pub rr_p99_us: f64,
+    /// Requests answered in the RR run (and failures: 0 unless the connection broke).
+    pub rr_count: u64,
+    pub rr_errors: u64,
+    /// Busy CPU (all cores) per new connection during the CRR run.
+    pub cpu_us_per_conn: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The `sluice` binary (its `bench client` runs the load inside the client's namespace).
+    pub sluice_bin: PathBuf,
+    /// Where `sluice-agent` and `sluice-cni` are, for the lab arms.
+    pub bin_dir: PathBuf,
+    pub duration: Duration,
+    /// Unique prefix of everything this run creates.
+    pub prefix: String,
+}
+
+/// The other Services: two endpoints each (addresses that are never reached).
+pub fn background_services(n: usize) -> Vec<ServicePort> {
+    (0..n)
+        .map(|i| ServicePort {
+            namespace: "bench".into(),
+            name: format!("bg-{i}"),
+            port_name: "http".into(),
+            cluster_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + i as u32),
+            port: 80,
+            protocol: "tcp",
+            endpoints: vec![
+                (
+                    Ipv4Addr::new(10, 251, (i / 250) as u8, (i % 250) as u8 + 2),
+                    8080,
+                ),
+                (
+                    Ipv4Addr::new(10, 252, (i / 250) as u8, (i % 250) as u8 + 2),
+                    8080,
+                ),
+            ],
+        })
+        .collect()
+}
+
+/// The background Services with the measured one in the middle (kube-proxy writes services
+/// in no particular order: on average a packet walks past half of them).
+fn kube_proxy_services(n: usize, backends: &[Ipv4Addr]) -> Vec<ServicePort> {
+    let mut all = background_services(n);
+    let measured = ServicePort {
+        namespace: "bench".into(),
+        name: "main".into(),
+        port_name: "http".into(),
+        cluster_ip: VIP,
+        port: 80,
+        protocol: "tcp",
+        endpoints: backends.iter().map(|b| (*b, BACKEND_PORT)).collect(),
+    };
+    all.insert(n / 2, measured);
+    all
+}
+
+/// Runs `sluice bench client` (the load) through `cmd`, which places it in the client's
+/// namespace; returns its sample.
+fn run_client(
+    mut cmd: Command,
+    mode: &str,
+    target: SocketAddr,
+    d: Duration,
+) -> Result<Sample, String> {
+    cmd.args([
+        "bench",
+        "client",
+        "--mode",
+        mode,
+        "--target",
+        &target.to_string(),
+        "--millis",
+        &d.as_millis().to_string(),
+    ]);
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running the load client: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("the load client failed ({})", out.status));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("the load client's output: {e}"))
+}
+
+fn measure(
+    arm: Arm,
+    services: usize,
+    load_seconds: f64,
+    client: &dyn Fn() -> Command,
+    target: SocketAddr,
+    d: Duration,
+) -> Result<Measurement, String> {
+    // Warm up (ARP, conntrack, caches), then measure.
+    run_client(client(), "crr", target, Duration::from_millis(200))?;
+    let cpu0 = load::busy_cpu_seconds();
+    let crr = run_client(client(), "crr", target, d)?;
+    let cpu = load::busy_cpu_seconds() - cpu0;
+    if crr.count == 0 {
+        return Err(format!(
+            "{}: no connection to {target} succeeded ({} errors)",
+            arm.name(),
+            crr.errors
+        ));
+    }
+    let rr = run_client(client(), "rr", target, d)?;
+    Ok(Measurement {
+        arm,
+        services,
+        load_seconds,
+        crr_rate: crr.rate(),
+        crr_p50_us: crr.p50_us,
+        crr_p99_us: crr.p99_us,
+        crr_errors: crr.errors,
+        rr_p50_us: rr.p50_us,
+        rr_p99_us: rr.p99_us,
+        rr_count: rr.count,
+        rr_errors: rr.errors,
+        cpu_us_per_conn: cpu * 1e6 / crr.count as f64,
+    })
+}
+
+/// Feeds `input` to `program args` inside namespace `netns` (`ip netns exec`).
+fn load_rules(netns: &str, program: &str, args: &[&str], input: &str) -> Result<f64, String> {
+    use std::io::Write;
+    let started = Instant::now();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, program])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{program}: {e} (install iptables/nftables: make deps)"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())
+        .map_err(|e| format!("{program}: writing rules: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// One kube-proxy (or no-rules) measurement on a fresh topology.
+pub fn kube_proxy_arm(arm: Arm, n: usize, s: &Settings) -> Result<Measurement, String> {
+    let topo = Topology::build(&s.prefix, 3)?;
+    let router = topo.router_name();
+    let services = kube_proxy_services(n, &topo.backends);
+    let (load_seconds, target) = match arm {
+        Arm::NoRules => (0.0, SocketAddr::from((topo.backends[0], BACKEND_PORT))),
+        Arm::IptablesLegacy | Arm::IptablesNft => {
+            let tool = if arm == Arm::IptablesLegacy {
+                "iptables-legacy-restore"
+            } else {
+                "iptables-nft-restore"
+            };
+            let rules = kube_proxy::iptables_restore(&services, POD_CIDR);
+            (
+                load_rules(&router, tool, &["--noflush"], &rules)?,
+                SocketAddr::from((VIP, 80)),
+            )
+        }
+        Arm::Nftables => {
+            let rules = kube_proxy::nftables(&services, POD_CIDR);
+            (
+                load_rules(&router, "nft", &["-f", "-"], &rules)?,
+                SocketAddr::from((VIP, 80)),
+            )
+        }
+        Arm::Sluice | Arm::SluiceNoSocketLb | Arm::SluicePodToPod => {
+            unreachable!("lab arms run in sluice_arm")
+        }
+    };
+    let client_ns = format!("{}c", s.prefix);
+    let client = || {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &client_ns]).arg(&s.sluice_bin);
+        c
+    };
+    measure(arm, n, load_seconds, &client, target, s.duration)
+}
+
+/// The one-node lab the sluice arms run in: a client and three backends behind VIP:80.
+fn cluster_file(name: &str, socket_lb: bool) -> String {
+    let mut text = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: {name}}}\nspec:\n  routing: native\n  underlay: 192.168.77.0/24\n  socketLb: {socket_lb}\n  nodes: [{{name: node-a, podCIDR: 10.250.0.0/24}}]\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: bench}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: bench}}\nspec: {{containers: [{{name: c, image: none}}]}}\n"
+    );
+    for i in 0..3 {
+        text += &format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: b{i}, namespace: bench, labels: {{app: bench, bg: \"yes\"}}}}\nspec: {{containers: [{{name: c, image: none, ports: [{{containerPort: {BACKEND_PORT}}}]}}]}}\n"
+        );
+    }
+    text += &format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: main, namespace: bench}}\nspec: {{clusterIP: {VIP}, selector: {{app: bench}}, ports: [{{name: http, port: 80, targetPort: {BACKEND_PORT}}}]}}\n"
+    );
+    text
+}
+
+/// The background Services as manifests for the lab (each selects two of the backends).
+fn background_manifest(n: usize) -> String {
+    let mut text = String::with_capacity(n * 200);
+    for sp in background_services(n) {
+        text += &format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {}, namespace: bench}}\nspec: {{clusterIP: {}, selector: {{bg: \"yes\"}}, ports: [{{name: http, port: 80, targetPort: {BACKEND_PORT}}}]}}\n",
+            sp.name, sp.cluster_ip
+        );
+    }
+    text
+}
+
+/// The sluice arm over every N (ascending): one lab, Services added between measurements.
+pub fn sluice_arm(
+    arm: Arm,
+    ns: &[usize],
+    s: &Settings,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<Measurement>, String> {
+    let name = format!(
+        "{}{}",
+        s.prefix,
+        if arm == Arm::SluiceNoSocketLb {
+            "p"
+        } else {
+            "s"
+        }
+    );
+    let opts = sluice_lab::LabOptions {
+        name: Some(name.clone()),
+        bin_dir: Some(s.bin_dir.clone()),
+        quiet: true,
+        ..Default::default()
+    };
+    let lab = sluice_lab::Lab::up(
+        cluster_file(&name, arm != Arm::SluiceNoSocketLb).as_str(),
+        opts,
+    )
+    .map_err(|e| format!("lab for {}: {e}", arm.name()))?
+    .into_guard();
+    let pod_ns = lab.pod_netns("bench/client").map_err(|e| e.to_string())?;
+    load::tune_client(&pod_ns)?;
+    let agent = sluice_api::Client::new(lab.agent_socket("node-a").map_err(|e| e.to_string())?);
+    let mut out = Vec::new();
+    for &n in ns {
+        progress(&format!("{}: loading {n} services", arm.name()));
+        let started = Instant::now();
+        lab.apply_manifest("background", &background_manifest(n))
+            .map_err(|e| e.to_string())?;
+        wait_for_services(&agent, n + 1, Duration::from_secs(600))?;
+        let load_seconds = started.elapsed().as_secs_f64();
+        progress(&format!("{}: {n} services: measuring", arm.name()));
+        let client = || {
+            lab.command_in_pod("bench/client", &s.sluice_bin)
+                .expect("the client pod exists")
+        };
+        let (measured_arm, target) = if arm == Arm::SluicePodToPod {
+            let b0 = lab.pod_ip("bench/b0").map_err(|e| e.to_string())?;
+            (arm, SocketAddr::from((b0, BACKEND_PORT)))
+        } else {
+            (arm, SocketAddr::from((VIP, 80)))
+        };
+        out.push(measure(
+            measured_arm,
+            n,
+            load_seconds,
+            &client,
+            target,
+            s.duration,
+        )?);
+    }
+    lab.down().map_err(|e| format!("lab down: {e}"))?;
+    Ok(out)
+}
+
+fn wait_for_services(
+    agent: &sluice_api::Client,
+    want: usize,
+    limit: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(sluice_api::Response::Status(st)) = agent.call(&sluice_api::Request::Status) {
+            if st.services >= want {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the agent did not program {want} services in {limit:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether `path` exists and is executable (a clear error before a long run).
+pub fn check_tools(arms: &[Arm]) -> Result<(), String> {
+    let mut need = Vec::new();
+    for a in arms {
+        match a {
+            Arm::IptablesLegacy => need.push("iptables-legacy-restore"),
+            Arm::IptablesNft => need.push("iptables-nft-restore"),
+            Arm::Nftables => need.push("nft"),
+            _ => {}
+        }
+    }
+    for tool in need {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false)
+            || Path::new("/usr/sbin").join(tool).is_file();
+        if !found {
+            return Err(format!("{tool} is missing: install it with `make deps`"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! What sluice's datapath costs per packet at N Services, without the rest of the kernel:
+//! BPF_PROG_TEST_RUN of `from_container` on a new connection's SYN to the measured frontend
+//! (service lookup, backend choice, conntrack, policy), repeated many times.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use sluice_datapath::abi::{ip_to_be, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service};
+use sluice_datapath::testrun::{self, SkbContext};
+use sluice_datapath::{Datapath, EndpointInfo};
+
+use crate::arms::{background_services, VIP};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
+
+/// A datapath pinned in its own bpffs directory, removed on drop.
+struct Scratch {
+    dp: Datapath,
+    pin: PathBuf,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin);
+    }
+}
+
+fn frontend(
+    dp: &mut Datapath,
+    rev: u32,
+    vip: Ipv4Addr,
+    backends: &[(Ipv4Addr, u16)],
+    next_backend: &mut u32,
+) -> Result<(), String> {
+    let lb = dp.lb();
+    let key = |slot| Lb4Key {
+        address: ip_to_be(vip),
+        port: 80u16.to_be(),
+        proto: 6,
+        slot,
+        ..Default::default()
+    };
+    for (i, (addr, port)) in backends.iter().enumerate() {
+        *next_backend += 1;
+        let backend = Lb4Backend {
+            address: ip_to_be(*addr),
+            port: port.to_be(),
+            proto: 6,
+            flags: 0,
+        };
+        lb.set_backend(*next_backend, backend)
+            .map_err(|e| e.to_string())?;
+        let slot = Lb4Service {
+            backend_id: *next_backend,
+            ..Default::default()
+        };
+        lb.set_slot(key(i as u16 + 1), slot)
+            .map_err(|e| e.to_string())?;
+    }
+    let head = Lb4Service {
+        count: backends.len() as u16,
+        rev_nat_id: rev,
+        ..Default::default()
+    };
+    lb.set_slot(key(0), head).map_err(|e| e.to_string())?;
+    let revnat = Lb4RevNat {
+        address: ip_to_be(vip),
+        port: 80u16.to_be(),
+        pad: 0,
+    };
+    lb.set_revnat(rev, revnat).map_err(|e| e.to_string())
+}
+
+/// Ethernet + IPv4 + TCP SYN from the client to VIP:80 with valid checksums.
+fn syn() -> Vec<u8> {
+    fn csum(b: &[u8]) -> u16 {
+        let mut s: u32 = b
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+            .sum();
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        !(s as u16)
+    }
+    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&CLIENT.octets());
+    ip.extend_from_slice(&VIP.octets());
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut tcp = vec![
+        0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+    ];
+    let mut pseudo = ip[12..20].to_vec();
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let c = csum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&[0x08, 0x00]);
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&tcp);
+    p
+}
+
+/// Mean nanoseconds per run of `from_container` over `repeat` runs, with N background
+/// Services programmed (pin directory `<prefix>bpf` under /sys/fs/bpf).
+pub fn ns_per_packet(n: usize, repeat: u32, prefix: &str) -> Result<f64, String> {
+    sluice_datapath::features::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))
+        .map_err(|e| e.to_string())?;
+    let pin = PathBuf::from(format!("/sys/fs/bpf/{prefix}bpf"));
+    let dp = Datapath::load(&pin).map_err(|e| format!("loading the datapath: {e}"))?;
+    let mut s = Scratch { dp, pin };
+    let client = EndpointInfo {
+        ifindex: 1,
+        ..Default::default()
+    };
+    s.dp.upsert_endpoint(CLIENT, client)
+        .map_err(|e| e.to_string())?;
+    let mut next_backend = 0;
+    for (i, sp) in background_services(n).iter().enumerate() {
+        frontend(
+            &mut s.dp,
+            i as u32 + 2,
+            sp.cluster_ip,
+            &sp.endpoints,
+            &mut next_backend,
+        )?;
+    }
+    let backends: Vec<(Ipv4Addr, u16)> = (0..3)
+        .map(|i| (Ipv4Addr::new(10, 250, i + 1, 2), 8080))
+        .collect();
+    frontend(&mut s.dp, 1, VIP, &backends, &mut next_backend)?;
+    let packet = syn();
+    let ctx = SkbContext {
+        ifindex: 1,
+        ..Default::default()
+    };
+    let program =
+        s.dp.program(sluice_datapath::FROM_CONTAINER)
+            .map_err(|e| e.to_string())?;
+    // Two passes: the first warms caches and fills conntrack.
+    testrun::run(
+        "from_container",
+        program,
+        &packet,
+        Some(ctx),
+        repeat / 10 + 1,
+    )
+    .map_err(|e| e.to_string())?;
+    let r = testrun::run("from_container", program, &packet, Some(ctx), repeat)
+        .map_err(|e| e.to_string())?;
+    if r.retval != testrun::TC_ACT_OK {
+        return Err(format!(
+            "from_container answered {} (expected TC_ACT_OK)",
+            r.retval
+        ));
+    }
+    Ok(r.duration_ns as f64)
+}

@@ -1,0 +1,247 @@
+//! The load: a server that answers one byte per request, and clients measuring what a new
+//! connection costs (connect, 1-byte request and response, close — TCP_CRR) and what a
+//! request costs on an open connection (TCP_RR).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_netdev::Netns;
+
+/// The first byte of a connection says what the server does with it (the lab's pod servers
+/// simply echo, which serves both).
+pub const MODE_CRR: u8 = b'c'; // answer one byte, then close
+pub const MODE_RR: u8 = b'r'; // echo every byte until the client closes
+
+/// Lets the client reuse ports quickly: thousands of short connections per second.
+pub fn tune_client(ns: &Netns) -> Result<(), String> {
+    for (k, v) in [
+        ("net/ipv4/tcp_tw_reuse", "1"),
+        ("net/ipv4/ip_local_port_range", "1024 65000"),
+    ] {
+        sluice_netdev::sysctl_set(ns, k, v).map_err(|e| format!("{k}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A server thread inside the namespace of `netns_fd` until `stop` is set.
+pub fn spawn_server(
+    netns_fd: OwnedFd,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let started = (|| -> Result<TcpListener, String> {
+            nix::sched::setns(&netns_fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("setns: {e}"))?;
+            let l = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            Ok(l)
+        })();
+        let listener = match started {
+            Ok(l) => {
+                let _ = ready_tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        while !stop.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    std::thread::spawn(move || serve(s));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    });
+    ready_rx
+        .recv()
+        .map_err(|_| "server thread died".to_string())??;
+    Ok(handle)
+}
+
+fn serve(mut s: TcpStream) {
+    let _ = s.set_nodelay(true);
+    let mut b = [0u8; 1];
+    if s.read_exact(&mut b).is_err() {
+        return;
+    }
+    if b[0] == MODE_CRR {
+        let _ = s.write_all(&b);
+        return;
+    }
+    let mut buf = [0u8; 65536];
+    let _ = s.write_all(&b);
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Latencies of a run, with its rate.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Sample {
+    pub count: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+impl Sample {
+    pub fn rate(&self) -> f64 {
+        self.count as f64 / self.seconds.max(1e-9)
+    }
+
+    fn from(mut lat: Vec<Duration>, errors: u64, elapsed: Duration) -> Self {
+        lat.sort();
+        let pct = |p: f64| {
+            if lat.is_empty() {
+                0.0
+            } else {
+                lat[((lat.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6
+            }
+        };
+        Sample {
+            count: lat.len() as u64,
+            errors,
+            seconds: elapsed.as_secs_f64(),
+            p50_us: pct(0.50),
+            p99_us: pct(0.99),
+        }
+    }
+}
+
+/// New connections back to back for `duration`: connect, one byte each way, close.
+pub fn crr(target: SocketAddr, duration: Duration) -> Sample {
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        let ok = (|| -> std::io::Result<()> {
+            let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(&[MODE_CRR])?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)?;
+            Ok(())
+        })();
+        match ok {
+            Ok(()) => lat.push(t.elapsed()),
+            Err(_) => errors += 1,
+        }
+        if errors > 100 && lat.is_empty() {
+            break;
+        }
+    }
+    Sample::from(lat, errors, start.elapsed())
+}
+
+/// One-byte requests on one open connection for `duration`.
+pub fn rr(target: SocketAddr, duration: Duration) -> Sample {
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    let start = Instant::now();
+    let conn = (|| -> std::io::Result<TcpStream> {
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(&[MODE_RR])?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)?;
+        Ok(s)
+    })();
+    let Ok(mut s) = conn else {
+        return Sample::from(lat, 1, start.elapsed());
+    };
+    let start = Instant::now();
+    let mut b = [0u8; 1];
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        if s.write_all(b"x")
+            .and_then(|_| s.read_exact(&mut b))
+            .is_err()
+        {
+            errors += 1;
+            break;
+        }
+        lat.push(t.elapsed());
+    }
+    Sample::from(lat, errors, start.elapsed())
+}
+
+/// Busy CPU time of the whole machine (all cores, seconds) so far, from /proc/stat.
+pub fn busy_cpu_seconds() -> f64 {
+    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = text.lines().next() else {
+        return 0.0;
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: f64 = v
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    busy / hz
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_the_sorted_latencies() {
+        let lat: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        let s = Sample::from(lat, 0, Duration::from_secs(2));
+        assert_eq!((s.p50_us.round(), s.p99_us.round()), (50.0, 99.0));
+        assert_eq!(s.rate(), 50.0);
+    }
+
+    #[test]
+    fn a_loopback_server_answers_both_modes() {
+        let listener_addr = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let fd: OwnedFd = std::fs::File::open("/proc/self/ns/net").unwrap().into();
+        let server = spawn_server(fd, listener_addr, stop.clone()).unwrap();
+        let c = crr(listener_addr, Duration::from_millis(100));
+        assert!(c.count > 0 && c.errors == 0, "{c:?}");
+        let r = rr(listener_addr, Duration::from_millis(100));
+        assert!(r.count > c.count, "{r:?} vs {c:?}");
+        stop.store(true, Ordering::SeqCst);
+        server.join().unwrap();
+    }
+}

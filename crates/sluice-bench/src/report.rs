@@ -1,0 +1,264 @@
+//! Results as a Markdown table (with ratios against iptables-nft, the kube-proxy default on
+//! current distributions), CSV, JSON and SVG line plots.
+
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::arms::{Arm, Measurement};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BpfCost {
+    pub services: usize,
+    pub ns_per_packet: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub machine: String,
+    pub command: String,
+    pub measurements: Vec<Measurement>,
+    pub bpf: Vec<BpfCost>,
+}
+
+fn baseline(r: &Report, n: usize) -> Option<&Measurement> {
+    r.measurements
+        .iter()
+        .find(|m| m.services == n && m.arm == Arm::IptablesNft)
+}
+
+fn ratio(v: f64, base: Option<f64>) -> String {
+    match base {
+        Some(b) if b > 0.0 => format!("{:.2}×", v / b),
+        _ => "-".into(),
+    }
+}
+
+impl Report {
+    pub fn markdown(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "| arm | services | load (s) | new conn/s | CRR p50 (µs) | CRR p99 (µs) | p50 vs iptables-nft | p50 vs its floor | RR p50 (µs) | CPU µs/conn |"
+        );
+        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mut rows: Vec<&Measurement> = self.measurements.iter().collect();
+        rows.sort_by_key(|m| (m.services, Arm::ALL.iter().position(|a| *a == m.arm)));
+        for m in rows {
+            let base = baseline(self, m.services).map(|b| b.crr_p50_us);
+            let floor = self
+                .measurements
+                .iter()
+                .find(|f| f.services == m.services && f.arm == m.arm.floor())
+                .map(|f| f.crr_p50_us);
+            let _ = writeln!(
+                t,
+                "| {} | {} | {:.3} | {:.0} | {:.0} | {:.0} | {} | {} | {:.0} | {:.0} |",
+                m.arm.name(),
+                m.services,
+                m.load_seconds,
+                m.crr_rate,
+                m.crr_p50_us,
+                m.crr_p99_us,
+                ratio(m.crr_p50_us, base),
+                ratio(m.crr_p50_us, floor),
+                m.rr_p50_us,
+                m.cpu_us_per_conn
+            );
+        }
+        if !self.bpf.is_empty() {
+            let first = self.bpf.first().map(|b| b.ns_per_packet);
+            let _ = writeln!(
+                t,
+                "\n| services | sluice from_container ns/packet (BPF_PROG_TEST_RUN) | vs first |"
+            );
+            let _ = writeln!(t, "|---:|---:|---:|");
+            for b in &self.bpf {
+                let _ = writeln!(
+                    t,
+                    "| {} | {:.0} | {} |",
+                    b.services,
+                    b.ns_per_packet,
+                    ratio(b.ns_per_packet, first)
+                );
+            }
+        }
+        t
+    }
+
+    pub fn csv(&self) -> String {
+        let mut t = String::from(
+            "arm,services,load_seconds,crr_rate,crr_p50_us,crr_p99_us,crr_errors,rr_p50_us,rr_p99_us,rr_count,rr_errors,cpu_us_per_conn\n",
+        );
+        for m in &self.measurements {
+            let _ = writeln!(
+                t,
+                "{},{},{:.6},{:.1},{:.1},{:.1},{},{:.1},{:.1},{},{},{:.1}",
+                m.arm.name(),
+                m.services,
+                m.load_seconds,
+                m.crr_rate,
+                m.crr_p50_us,
+                m.crr_p99_us,
+                m.crr_errors,
+                m.rr_p50_us,
+                m.rr_p99_us,
+                m.rr_count,
+                m.rr_errors,
+                m.cpu_us_per_conn
+            );
+        }
+        t
+    }
+
+    /// A line plot of `value` against the number of Services, one line per arm.
+    pub fn svg(&self, title: &str, unit: &str, value: fn(&Measurement) -> f64) -> String {
+        let (w, h, left, bottom, top, right) = (720.0, 420.0, 70.0, 50.0, 40.0, 170.0);
+        let xs: Vec<usize> = {
+            let mut v: Vec<usize> = self.measurements.iter().map(|m| m.services).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let ymax = self
+            .measurements
+            .iter()
+            .map(value)
+            .fold(0.0f64, f64::max)
+            .max(1e-9)
+            * 1.1;
+        let x_of = |n: usize| {
+            let i = xs.iter().position(|x| *x == n).unwrap_or(0) as f64;
+            left + i * (w - left - right) / ((xs.len().max(2) - 1) as f64)
+        };
+        let y_of = |v: f64| h - bottom - v / ymax * (h - bottom - top);
+        let colors = [
+            "#888888", "#d62728", "#ff7f0e", "#9467bd", "#1f77b4", "#17becf", "#2ca02c",
+        ];
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" font-size=\"15\">{title}</text>\n",
+            left
+        );
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>",
+            h - bottom,
+            w - right,
+            h - bottom,
+            h - bottom
+        );
+        for k in 0..=4 {
+            let v = ymax * k as f64 / 4.0;
+            let _ = writeln!(
+                s,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.0}</text><line x1=\"{left}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#eeeeee\"/>",
+                left - 6.0,
+                y_of(v) + 4.0,
+                v,
+                w - right,
+                y = y_of(v)
+            );
+        }
+        for n in &xs {
+            let _ = writeln!(
+                s,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{n}</text>",
+                x_of(*n),
+                h - bottom + 18.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">Services</text><text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">{unit}</text>",
+            (left + w - right) / 2.0,
+            h - 12.0,
+            h / 2.0,
+            h / 2.0
+        );
+        for (i, arm) in Arm::ALL.iter().enumerate() {
+            let mut pts: Vec<(usize, f64)> = self
+                .measurements
+                .iter()
+                .filter(|m| m.arm == *arm)
+                .map(|m| (m.services, value(m)))
+                .collect();
+            if pts.is_empty() {
+                continue;
+            }
+            pts.sort_by_key(|p| p.0);
+            let color = colors[i % colors.len()];
+            let line: Vec<String> = pts
+                .iter()
+                .map(|(n, v)| format!("{:.1},{:.1}", x_of(*n), y_of(*v)))
+                .collect();
+            let _ = writeln!(
+                s,
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+                line.join(" ")
+            );
+            for (n, v) in &pts {
+                let _ = writeln!(
+                    s,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>",
+                    x_of(*n),
+                    y_of(*v)
+                );
+            }
+            let ly = top + 18.0 * i as f64;
+            let _ = writeln!(
+                s,
+                "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>",
+                w - right + 10.0,
+                w - right + 30.0,
+                w - right + 35.0,
+                ly + 4.0,
+                arm.name()
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(arm: Arm, services: usize, p50: f64) -> Measurement {
+        Measurement {
+            arm,
+            services,
+            load_seconds: 0.1,
+            crr_rate: 1e6 / p50,
+            crr_p50_us: p50,
+            crr_p99_us: p50 * 2.0,
+            crr_errors: 0,
+            rr_p50_us: 20.0,
+            rr_p99_us: 30.0,
+            rr_count: 100,
+            rr_errors: 0,
+            cpu_us_per_conn: 50.0,
+        }
+    }
+
+    #[test]
+    fn the_table_compares_each_arm_with_iptables_nft_at_the_same_n() {
+        let r = Report {
+            measurements: vec![
+                m(Arm::IptablesNft, 1000, 400.0),
+                m(Arm::Sluice, 1000, 100.0),
+                m(Arm::IptablesNft, 0, 100.0),
+            ],
+            ..Default::default()
+        };
+        let t = r.markdown();
+        let sluice = t
+            .lines()
+            .find(|l| l.starts_with("| sluice | 1000"))
+            .unwrap();
+        assert!(sluice.contains("| 0.25× |"), "{sluice}");
+        assert_eq!(r.csv().lines().count(), 4);
+        let svg = r.svg("CRR p50", "µs", |m| m.crr_p50_us);
+        assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.contains("sluice"));
+    }
+}

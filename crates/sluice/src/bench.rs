@@ -1,0 +1,142 @@
+//! `sluice bench`: sluice against kube-proxy's iptables and nftables modes (see sluice-bench).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use sluice_bench::arms::{Arm, Settings};
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    /// Numbers of other Services (2 endpoints each), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,1000,5000,10000,20000")]
+    services: Vec<usize>,
+    /// Arms to run (default all): no-rules, iptables-legacy, iptables-nft, nftables, sluice,
+    /// sluice-no-socket-lb.
+    #[arg(long, value_delimiter = ',')]
+    arms: Vec<String>,
+    /// Seconds of each CRR and RR run.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// BPF_PROG_TEST_RUN repetitions per number of Services (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    bpf_repeat: u32,
+    /// Small numbers and short runs: checks the harness in seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Where results.{md,csv,json} and the plots go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// (internal) the load generator, run inside the client's namespace; prints JSON.
+    #[command(hide = true)]
+    Client {
+        #[arg(long)]
+        mode: String,
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        millis: u64,
+    },
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    if let Some(BenchCommand::Client {
+        mode,
+        target,
+        millis,
+    }) = args.command
+    {
+        let d = Duration::from_millis(millis);
+        let sample = match mode.as_str() {
+            "crr" => sluice_bench::load::crr(target, d),
+            "rr" => sluice_bench::load::rr(target, d),
+            other => bail!("--mode: {other:?} is not one of: crr, rr"),
+        };
+        println!("{}", serde_json::to_string(&sample)?);
+        return Ok(0);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("sluice bench needs root (network namespaces, iptables, BPF)");
+    }
+    let arms = if args.arms.is_empty() {
+        Arm::ALL.to_vec()
+    } else {
+        args.arms
+            .iter()
+            .map(|a| Arm::parse(a).map_err(|e| anyhow::anyhow!("--arms: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let mut services = if args.quick {
+        vec![0, 100]
+    } else {
+        args.services.clone()
+    };
+    services.sort();
+    services.dedup();
+    if let Some(n) = services.iter().find(|n| **n > 60_000) {
+        bail!("--services: {n} is more than the 60000 this harness addresses");
+    }
+    if !(0.05..=600.0).contains(&args.seconds) {
+        bail!("--seconds: {} is outside 0.05..=600", args.seconds);
+    }
+    let sluice_bin = std::env::current_exe().context("finding the sluice binary")?;
+    let bin_dir = std::env::var_os("SLUICE_BIN_DIR")
+        .map(PathBuf::from)
+        .or_else(|| sluice_bin.parent().map(|p| p.to_path_buf()))
+        .context("finding sluice-agent")?;
+    let opts = sluice_bench::Options {
+        services,
+        arms,
+        duration: Duration::from_secs_f64(if args.quick { 0.3 } else { args.seconds }),
+        bpf_repeat: if args.quick { 10_000 } else { args.bpf_repeat },
+        settings: Settings {
+            sluice_bin,
+            bin_dir,
+            duration: Duration::from_secs_f64(if args.quick { 0.3 } else { args.seconds }),
+            prefix: format!("sb{}-", std::process::id() % 100_000),
+        },
+    };
+    let started = std::time::Instant::now();
+    let report = sluice_bench::run(&opts, &|step| {
+        eprintln!("{:>6.1}s {step}", started.elapsed().as_secs_f64());
+    });
+    let left = sluice_bench::topology::leftovers(&opts.settings.prefix);
+    let mut report = report.map_err(|e| anyhow::anyhow!(e))?;
+    if !left.is_empty() {
+        bail!("namespaces left behind: {left:?}");
+    }
+    report.machine = machine();
+    report.command = std::env::args().collect::<Vec<_>>().join(" ");
+    let files = sluice_bench::write(&report, &args.out).map_err(|e| anyhow::anyhow!(e))?;
+    println!("{}", report.markdown());
+    for f in files {
+        println!("wrote {}", f.display());
+    }
+    Ok(0)
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    format!("{cpus} CPUs ({model}), Linux {}", kernel.trim())
+}
