@@ -94,6 +94,13 @@ pub struct Measurement {
     pub rr_errors: u64,
     /// Busy CPU (all cores) per new connection during the CRR run.
     pub cpu_us_per_conn: f64,
+    /// Single-stream throughput through an echo backend (both directions), Gbit/s.
+    pub stream_gbps: f64,
+    /// From handing over a change of the measured Service's only endpoint to the first new
+    /// connection that reaches the new one, ms (None: the arm has no Service to change).
+    pub update_ms: Option<f64>,
+    /// sluice: the agent's reconcile of that change (map writes), ms.
+    pub agent_update_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +155,67 @@ fn kube_proxy_services(n: usize, backends: &[Ipv4Addr]) -> Vec<ServicePort> {
     all
 }
 
+/// Starts `sluice bench client --mode reach` through `cmd`: it polls until `consecutive` new
+/// connections in a row reach `want`, then prints when the first of them started.
+fn spawn_reach(
+    mut cmd: Command,
+    target: SocketAddr,
+    want: &str,
+    consecutive: usize,
+) -> Result<std::process::Child, String> {
+    cmd.args([
+        "bench",
+        "client",
+        "--mode",
+        "reach",
+        "--target",
+        &target.to_string(),
+        "--want",
+        want,
+        "--consecutive",
+        &consecutive.to_string(),
+        "--millis",
+        "60000",
+    ]);
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("running the reach client: {e}"))
+}
+
+/// Waits for a reach client; the monotonic ns of its first matching connection.
+fn reached(child: std::process::Child, want: &str) -> Result<u64, String> {
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("no connection reached {want} within 60 s"));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|e| format!("the reach client's output: {e}"))
+}
+
+/// Switches the measured Service to `first` alone, then times the switch to `second` alone
+/// (`apply(i)` makes backend i the only endpoint): ms from handing over the change to the
+/// first connection on `second`.
+fn time_endpoint_change(
+    client: &dyn Fn() -> Command,
+    target: SocketAddr,
+    names: [&str; 2],
+    apply: &mut dyn FnMut(usize) -> Result<(), String>,
+) -> Result<f64, String> {
+    let settle = spawn_reach(client(), target, names[0], 10)?;
+    apply(0)?;
+    reached(settle, names[0])?;
+    let watch = spawn_reach(client(), target, names[1], 1)?;
+    // Let the client start polling before the change.
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = load::monotonic_ns();
+    apply(1)?;
+    let first = reached(watch, names[1])?;
+    Ok(first.saturating_sub(t0) as f64 / 1e6)
+}
+
 /// Runs `sluice bench client` (the load) through `cmd`, which places it in the client's
 /// namespace; returns its sample.
 fn run_client(
@@ -197,6 +265,7 @@ fn measure(
         ));
     }
     let rr = run_client(client(), "rr", target, d)?;
+    let stream = run_client(client(), "stream", target, d)?;
     Ok(Measurement {
         arm,
         services,
@@ -210,6 +279,9 @@ fn measure(
         rr_count: rr.count,
         rr_errors: rr.errors,
         cpu_us_per_conn: cpu * 1e6 / crr.count as f64,
+        stream_gbps: stream.rate() * 8.0 / 1e9,
+        update_ms: None,
+        agent_update_ms: None,
     })
 }
 
@@ -277,7 +349,41 @@ pub fn kube_proxy_arm(arm: Arm, n: usize, s: &Settings) -> Result<Measurement, S
         c.args(["netns", "exec", &client_ns]).arg(&s.sluice_bin);
         c
     };
-    measure(arm, n, load_seconds, &client, target, s.duration)
+    let mut m = measure(arm, n, load_seconds, &client, target, s.duration)?;
+    if arm != Arm::NoRules {
+        let at = n / 2;
+        let mut current = services.clone();
+        let only = |i: usize| vec![(topo.backends[i], BACKEND_PORT)];
+        let mut apply = |i: usize| -> Result<(), String> {
+            let mut next = current.clone();
+            next[at].endpoints = only(i);
+            match arm {
+                Arm::Nftables => {
+                    let text = kube_proxy::nftables_update(&current[at], &next[at], POD_CIDR);
+                    load_rules(&router, "nft", &["-f", "-"], &text)?;
+                }
+                _ => {
+                    let tool = if arm == Arm::IptablesLegacy {
+                        "iptables-legacy-restore"
+                    } else {
+                        "iptables-nft-restore"
+                    };
+                    let text = kube_proxy::iptables_update(&next, at, &current[at], POD_CIDR);
+                    load_rules(&router, tool, &["--noflush"], &text)?;
+                }
+            }
+            current = next;
+            Ok(())
+        };
+        let names = [topo.backends[0].to_string(), topo.backends[1].to_string()];
+        m.update_ms = Some(time_endpoint_change(
+            &client,
+            target,
+            [&names[0], &names[1]],
+            &mut apply,
+        )?);
+    }
+    Ok(m)
 }
 
 /// The one-node lab the sluice arms run in: a client and three backends behind VIP:80.
@@ -287,13 +393,43 @@ fn cluster_file(name: &str, socket_lb: bool) -> String {
     );
     for i in 0..3 {
         text += &format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: b{i}, namespace: bench, labels: {{app: bench, bg: \"yes\"}}}}\nspec: {{containers: [{{name: c, image: none, ports: [{{containerPort: {BACKEND_PORT}}}]}}]}}\n"
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: b{i}, namespace: bench, labels: {{app: bench, bg: \"yes\", who: b{i}}}}}\nspec: {{containers: [{{name: c, image: none, ports: [{{containerPort: {BACKEND_PORT}}}]}}]}}\n"
         );
     }
-    text += &format!(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: main, namespace: bench}}\nspec: {{clusterIP: {VIP}, selector: {{app: bench}}, ports: [{{name: http, port: 80, targetPort: {BACKEND_PORT}}}]}}\n"
-    );
     text
+}
+
+/// The measured Service, selecting `selector` (e.g. "app: bench", "who: b1").
+fn main_service(selector: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: main, namespace: bench}}\nspec: {{clusterIP: {VIP}, selector: {{{selector}}}, ports: [{{name: http, port: 80, targetPort: {BACKEND_PORT}}}]}}\n"
+    )
+}
+
+/// The agent's reconcile histogram for services: (sum of seconds, count).
+fn services_reconciles(lab: &sluice_lab::Lab) -> (f64, f64) {
+    let text = lab
+        .run_in_node("node-a", || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", 9962)).ok()?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).ok()?;
+            Some(body)
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains("kind=\"services\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("sluice_reconcile_duration_seconds_sum"),
+        value("sluice_reconcile_duration_seconds_count"),
+    )
 }
 
 /// The background Services as manifests for the lab (each selects two of the backends).
@@ -339,6 +475,8 @@ pub fn sluice_arm(
     let pod_ns = lab.pod_netns("bench/client").map_err(|e| e.to_string())?;
     load::tune_client(&pod_ns)?;
     let agent = sluice_api::Client::new(lab.agent_socket("node-a").map_err(|e| e.to_string())?);
+    lab.apply_manifest("main", &main_service("app: bench"))
+        .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for &n in ns {
         progress(&format!("{}: loading {n} services", arm.name()));
@@ -352,20 +490,34 @@ pub fn sluice_arm(
             lab.command_in_pod("bench/client", &s.sluice_bin)
                 .expect("the client pod exists")
         };
-        let (measured_arm, target) = if arm == Arm::SluicePodToPod {
+        let target = if arm == Arm::SluicePodToPod {
             let b0 = lab.pod_ip("bench/b0").map_err(|e| e.to_string())?;
-            (arm, SocketAddr::from((b0, BACKEND_PORT)))
+            SocketAddr::from((b0, BACKEND_PORT))
         } else {
-            (arm, SocketAddr::from((VIP, 80)))
+            SocketAddr::from((VIP, 80))
         };
-        out.push(measure(
-            measured_arm,
-            n,
-            load_seconds,
-            &client,
-            target,
-            s.duration,
-        )?);
+        let mut m = measure(arm, n, load_seconds, &client, target, s.duration)?;
+        if arm != Arm::SluicePodToPod {
+            let (sum0, count0) = services_reconciles(&lab);
+            let mut apply = |i: usize| {
+                lab.apply_manifest("main", &main_service(&format!("who: b{i}")))
+                    .map_err(|e| e.to_string())
+            };
+            m.update_ms = Some(time_endpoint_change(
+                &client,
+                target,
+                ["bench/b0", "bench/b1"],
+                &mut apply,
+            )?);
+            let (sum1, count1) = services_reconciles(&lab);
+            if count1 > count0 {
+                m.agent_update_ms = Some((sum1 - sum0) / (count1 - count0) * 1e3);
+            }
+            // Back to every backend for the next N.
+            lab.apply_manifest("main", &main_service("app: bench"))
+                .map_err(|e| e.to_string())?;
+        }
+        out.push(m);
     }
     lab.down().map_err(|e| format!("lab down: {e}"))?;
     Ok(out)

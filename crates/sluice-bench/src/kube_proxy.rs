@@ -77,6 +77,92 @@ pub fn endpoint_chain(sp: &ServicePort, ep: (Ipv4Addr, u16)) -> String {
     )
 }
 
+/// The `KUBE-SERVICES` rule of a service port.
+fn services_jump(sp: &ServicePort) -> String {
+    format!(
+        "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m {p} -p {p} -d {ip}/32 --dport {port} -j {}",
+        sp.port_name_string(),
+        service_chain(sp),
+        p = sp.protocol,
+        ip = sp.cluster_ip,
+        port = sp.port
+    )
+}
+
+/// A service port's `KUBE-SVC-*` chain and its endpoints' `KUBE-SEP-*` chains: declarations
+/// into `chains`, rules into `rules`.
+fn service_chains(sp: &ServicePort, pod_cidr: &str, chains: &mut String, rules: &mut String) {
+    let svc = service_chain(sp);
+    let name = sp.port_name_string();
+    let _ = writeln!(chains, ":{svc} - [0:0]");
+    let _ = writeln!(
+        rules,
+        "-A {svc} -m comment --comment \"{name} cluster IP\" -m {p} -p {p} -d {ip}/32 --dport {port} ! -s {pod_cidr} -j KUBE-MARK-MASQ",
+        p = sp.protocol,
+        ip = sp.cluster_ip,
+        port = sp.port
+    );
+    let n = sp.endpoints.len();
+    for (i, ep) in sp.endpoints.iter().enumerate() {
+        let sep = endpoint_chain(sp, *ep);
+        let _ = writeln!(chains, ":{sep} - [0:0]");
+        let probability = if i + 1 < n {
+            format!(
+                " -m statistic --mode random --probability {:.10}",
+                1.0 / (n - i) as f64
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            rules,
+            "-A {svc} -m comment --comment \"{name} -> {}:{}\"{probability} -j {sep}",
+            ep.0, ep.1
+        );
+        let _ = writeln!(
+            rules,
+            "-A {sep} -m comment --comment {name} -s {}/32 -j KUBE-MARK-MASQ",
+            ep.0
+        );
+        let _ = writeln!(
+            rules,
+            "-A {sep} -m comment --comment {name} -m {p} -p {p} -j DNAT --to-destination {}:{}",
+            ep.0,
+            ep.1,
+            p = sp.protocol
+        );
+    }
+}
+
+/// What kube-proxy's partial sync writes when one service port's endpoints change from
+/// `before` to `all[changed]`: the whole `KUBE-SERVICES` chain again, the changed service's
+/// chains, and the removal of endpoint chains that are gone.
+pub fn iptables_update(
+    all: &[ServicePort],
+    changed: usize,
+    before: &ServicePort,
+    pod_cidr: &str,
+) -> String {
+    let after = &all[changed];
+    let mut chains = String::from("*nat\n:KUBE-SERVICES - [0:0]\n");
+    let mut rules = String::new();
+    for sp in all {
+        let _ = writeln!(rules, "{}", services_jump(sp));
+    }
+    rules.push_str("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
+    service_chains(after, pod_cidr, &mut chains, &mut rules);
+    for ep in before
+        .endpoints
+        .iter()
+        .filter(|e| !after.endpoints.contains(e))
+    {
+        let sep = endpoint_chain(before, *ep);
+        let _ = writeln!(chains, ":{sep} - [0:0]");
+        let _ = writeln!(rules, "-X {sep}");
+    }
+    chains + &rules + "COMMIT\n"
+}
+
 /// The `iptables-restore --noflush` input kube-proxy's iptables mode writes for `services`,
 /// with `pod_cidr` the cluster's pod range (non-pod sources are masqueraded).
 pub fn iptables_restore(services: &[ServicePort], pod_cidr: &str) -> String {
@@ -121,58 +207,112 @@ pub fn iptables_restore(services: &[ServicePort], pod_cidr: &str) -> String {
          -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n",
     );
     for sp in services {
-        let svc = service_chain(sp);
-        let name = sp.port_name_string();
-        let _ = writeln!(nat, ":{svc} - [0:0]");
-        let _ = writeln!(
-            rules,
-            "-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" -m {p} -p {p} -d {ip}/32 --dport {port} -j {svc}",
-            p = sp.protocol,
-            ip = sp.cluster_ip,
-            port = sp.port
-        );
-        let _ = writeln!(
-            rules,
-            "-A {svc} -m comment --comment \"{name} cluster IP\" -m {p} -p {p} -d {ip}/32 --dport {port} ! -s {pod_cidr} -j KUBE-MARK-MASQ",
-            p = sp.protocol,
-            ip = sp.cluster_ip,
-            port = sp.port
-        );
-        let n = sp.endpoints.len();
-        for (i, ep) in sp.endpoints.iter().enumerate() {
-            let sep = endpoint_chain(sp, *ep);
-            let _ = writeln!(nat, ":{sep} - [0:0]");
-            let probability = if i + 1 < n {
-                format!(
-                    " -m statistic --mode random --probability {:.10}",
-                    1.0 / (n - i) as f64
-                )
-            } else {
-                String::new()
-            };
-            let _ = writeln!(
-                rules,
-                "-A {svc} -m comment --comment \"{name} -> {}:{}\"{probability} -j {sep}",
-                ep.0, ep.1
-            );
-            let _ = writeln!(
-                rules,
-                "-A {sep} -m comment --comment {name} -s {}/32 -j KUBE-MARK-MASQ",
-                ep.0
-            );
-            let _ = writeln!(
-                rules,
-                "-A {sep} -m comment --comment {name} -m {p} -p {p} -j DNAT --to-destination {}:{}",
-                ep.0,
-                ep.1,
-                p = sp.protocol
-            );
-        }
+        let _ = writeln!(rules, "{}", services_jump(sp));
+        service_chains(sp, pod_cidr, &mut nat, &mut rules);
     }
     rules.push_str("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
     nat.push_str(&rules);
     nat.push_str("COMMIT\n");
     filter + &nat
+}
+
+fn nft_base(sp: &ServicePort) -> String {
+    format!(
+        "{}-{}/{}/{}/{}",
+        &hash16(&(sp.port_name_string() + sp.protocol))[..8],
+        sp.namespace,
+        sp.name,
+        sp.protocol,
+        sp.port_name
+    )
+}
+
+fn nft_service_chain(sp: &ServicePort) -> String {
+    format!("service-{}", nft_base(sp))
+}
+
+fn nft_endpoint_chain(sp: &ServicePort, ep: (Ipv4Addr, u16)) -> String {
+    let hash = hash16(&format!(
+        "{}{}{}:{}",
+        sp.port_name_string(),
+        sp.protocol,
+        ep.0,
+        ep.1
+    ));
+    format!(
+        "endpoint-{}-{}__{}/{}",
+        &hash[..8],
+        nft_base(sp),
+        ep.0,
+        ep.1
+    )
+}
+
+/// A service chain (masquerade mark, `numgen` dispatch) and the chains of `new_endpoints`.
+fn nft_service(
+    sp: &ServicePort,
+    pod_cidr: &str,
+    new_endpoints: &[(Ipv4Addr, u16)],
+    out: &mut String,
+) {
+    let svc = nft_service_chain(sp);
+    let _ = writeln!(out, "add chain ip kube-proxy {svc}");
+    let _ = writeln!(
+        out,
+        "add rule ip kube-proxy {svc} ip daddr {} {} dport {} ip saddr != {pod_cidr} jump mark-for-masquerade",
+        sp.cluster_ip, sp.protocol, sp.port
+    );
+    let mut arms = Vec::new();
+    for (i, ep) in sp.endpoints.iter().enumerate() {
+        let chain = nft_endpoint_chain(sp, *ep);
+        if new_endpoints.contains(ep) {
+            let _ = writeln!(out, "add chain ip kube-proxy {chain}");
+            let _ = writeln!(
+                out,
+                "add rule ip kube-proxy {chain} ip saddr {} jump mark-for-masquerade",
+                ep.0
+            );
+            let _ = writeln!(
+                out,
+                "add rule ip kube-proxy {chain} meta l4proto {} dnat to {}:{}",
+                sp.protocol, ep.0, ep.1
+            );
+        }
+        arms.push(format!("{i} : goto {chain}"));
+    }
+    if !arms.is_empty() {
+        let _ = writeln!(
+            out,
+            "add rule ip kube-proxy {svc} numgen random mod {} vmap {{ {} }}",
+            arms.len(),
+            arms.join(" , ")
+        );
+    }
+}
+
+/// What kube-proxy's nftables mode writes when one service port's endpoints change from
+/// `before` to `after`: one transaction touching only that service's chains.
+pub fn nftables_update(before: &ServicePort, after: &ServicePort, pod_cidr: &str) -> String {
+    let mut out = format!("flush chain ip kube-proxy {}\n", nft_service_chain(after));
+    let new: Vec<(Ipv4Addr, u16)> = after
+        .endpoints
+        .iter()
+        .copied()
+        .filter(|e| !before.endpoints.contains(e))
+        .collect();
+    nft_service(after, pod_cidr, &new, &mut out);
+    for ep in before
+        .endpoints
+        .iter()
+        .filter(|e| !after.endpoints.contains(e))
+    {
+        let _ = writeln!(
+            out,
+            "delete chain ip kube-proxy {}",
+            nft_endpoint_chain(before, *ep)
+        );
+    }
+    out
 }
 
 /// The `nft -f` input kube-proxy's nftables mode writes for `services`.
@@ -202,52 +342,7 @@ pub fn nftables(services: &[ServicePort], pod_cidr: &str) -> String {
          add rule ip kube-proxy filter-forward ct state new jump services-filter\n",
     );
     for sp in services {
-        let base = format!(
-            "{}-{}/{}/{}/{}",
-            &hash16(&(sp.port_name_string() + sp.protocol))[..8],
-            sp.namespace,
-            sp.name,
-            sp.protocol,
-            sp.port_name
-        );
-        let svc = format!("service-{base}");
-        let _ = writeln!(out, "add chain ip kube-proxy {svc}");
-        let _ = writeln!(
-            out,
-            "add rule ip kube-proxy {svc} ip daddr {} {} dport {} ip saddr != {pod_cidr} jump mark-for-masquerade",
-            sp.cluster_ip, sp.protocol, sp.port
-        );
-        let mut arms = Vec::new();
-        for (i, ep) in sp.endpoints.iter().enumerate() {
-            let ep_hash = &hash16(&format!(
-                "{}{}{}:{}",
-                sp.port_name_string(),
-                sp.protocol,
-                ep.0,
-                ep.1
-            ))[..8];
-            let chain = format!("endpoint-{ep_hash}-{base}__{}/{}", ep.0, ep.1);
-            let _ = writeln!(out, "add chain ip kube-proxy {chain}");
-            let _ = writeln!(
-                out,
-                "add rule ip kube-proxy {chain} ip saddr {} jump mark-for-masquerade",
-                ep.0
-            );
-            let _ = writeln!(
-                out,
-                "add rule ip kube-proxy {chain} meta l4proto {} dnat to {}:{}",
-                sp.protocol, ep.0, ep.1
-            );
-            arms.push(format!("{i} : goto {chain}"));
-        }
-        if !arms.is_empty() {
-            let _ = writeln!(
-                out,
-                "add rule ip kube-proxy {svc} numgen random mod {} vmap {{ {} }}",
-                arms.len(),
-                arms.join(" , ")
-            );
-        }
+        nft_service(sp, pod_cidr, &sp.endpoints, &mut out);
         let _ = writeln!(
             out,
             "add element ip kube-proxy cluster-ips {{ {} }}",
@@ -255,8 +350,11 @@ pub fn nftables(services: &[ServicePort], pod_cidr: &str) -> String {
         );
         let _ = writeln!(
             out,
-            "add element ip kube-proxy service-ips {{ {} . {} . {} : goto {svc} }}",
-            sp.cluster_ip, sp.protocol, sp.port
+            "add element ip kube-proxy service-ips {{ {} . {} . {} : goto {} }}",
+            sp.cluster_ip,
+            sp.protocol,
+            sp.port,
+            nft_service_chain(sp)
         );
     }
     out
@@ -354,6 +452,33 @@ mod tests {
         let text = iptables_restore(&[sp], "10.244.0.0/16");
         assert!(text.contains("--probability 0.3333333333"));
         assert!(text.contains("--probability 0.5000000000"));
+    }
+
+    #[test]
+    fn an_endpoint_change_rewrites_only_what_kube_proxy_rewrites() {
+        let before = three();
+        let mut after = before.clone();
+        after[1].endpoints = vec![(Ipv4Addr::new(10, 244, 3, 9), 8080)];
+        let ipt = iptables_update(&after, 1, &before[1], "10.244.0.0/16");
+        assert_eq!(
+            ipt.matches("-A KUBE-SERVICES").count(),
+            4,
+            "all jumps again"
+        );
+        assert_eq!(
+            ipt.matches("-j DNAT").count(),
+            1,
+            "only the changed service"
+        );
+        assert!(ipt.contains("--to-destination 10.244.3.9:8080"));
+        for old in &before[1].endpoints {
+            assert!(ipt.contains(&format!("-X {}", endpoint_chain(&before[1], *old))));
+        }
+        let nft = nftables_update(&before[1], &after[1], "10.244.0.0/16");
+        assert!(nft.starts_with("flush chain ip kube-proxy service-"));
+        assert_eq!(nft.matches("dnat to").count(), 1);
+        assert_eq!(nft.matches("delete chain").count(), 2);
+        assert!(nft.contains("numgen random mod 1 vmap"));
     }
 
     #[test]

@@ -15,6 +15,8 @@ use sluice_netdev::Netns;
 /// simply echo, which serves both).
 pub const MODE_CRR: u8 = b'c'; // answer one byte, then close
 pub const MODE_RR: u8 = b'r'; // echo every byte until the client closes
+                              // A request starting with 'G' is HTTP: the answer names the server (its address here, the
+                              // pod's name in a lab), so a client can tell which backend it reached.
 
 /// Lets the client reuse ports quickly: thousands of short connections per second.
 pub fn tune_client(ns: &Netns) -> Result<(), String> {
@@ -56,7 +58,8 @@ pub fn spawn_server(
             match listener.accept() {
                 Ok((s, _)) => {
                     let _ = s.set_nonblocking(false);
-                    std::thread::spawn(move || serve(s));
+                    let me = addr.ip().to_string();
+                    std::thread::spawn(move || serve(s, &me));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_micros(200));
@@ -71,10 +74,25 @@ pub fn spawn_server(
     Ok(handle)
 }
 
-fn serve(mut s: TcpStream) {
+fn serve(mut s: TcpStream, me: &str) {
     let _ = s.set_nodelay(true);
     let mut b = [0u8; 1];
     if s.read_exact(&mut b).is_err() {
+        return;
+    }
+    if b[0] == b'G' {
+        let mut head = vec![b'G'];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+            if s.read_exact(&mut b).is_err() {
+                return;
+            }
+            head.push(b[0]);
+        }
+        let _ = write!(
+            s,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{me}",
+            me.len()
+        );
         return;
     }
     if b[0] == MODE_CRR {
@@ -189,6 +207,85 @@ pub fn rr(target: SocketAddr, duration: Duration) -> Sample {
     Sample::from(lat, errors, start.elapsed())
 }
 
+/// The server a new connection to `target` reaches (its answer to `GET /`).
+pub fn who(target: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&target, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let body = text.split("\r\n\r\n").nth(1)?;
+    Some(body.trim().to_string())
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: comparable between processes, unlike `Instant`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the struct passed.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Polls with new connections until `consecutive` in a row reach `want`; returns the
+/// monotonic time the first of them started, or None after `limit`.
+pub fn first_reaching(
+    target: SocketAddr,
+    want: &str,
+    consecutive: usize,
+    limit: Duration,
+) -> Option<u64> {
+    let start = Instant::now();
+    let mut run: Option<(u64, usize)> = None;
+    while start.elapsed() < limit {
+        let t = monotonic_ns();
+        if who(target).as_deref() == Some(want) {
+            let (first, n) = run.unwrap_or((t, 0));
+            if n + 1 >= consecutive.max(1) {
+                return Some(first);
+            }
+            run = Some((first, n + 1));
+        } else {
+            run = None;
+        }
+    }
+    None
+}
+
+/// Single-stream throughput through an echo server: bytes echoed back per second.
+pub fn stream(target: SocketAddr, duration: Duration) -> f64 {
+    let run = || -> std::io::Result<f64> {
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+        s.write_all(&[MODE_RR])?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)?;
+        let mut reader = s.try_clone()?;
+        let counter = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0u64;
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+            total
+        });
+        let chunk = vec![0x5au8; 1 << 16];
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            s.write_all(&chunk)?;
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        let total = counter.join().unwrap_or(0);
+        Ok(total as f64 / start.elapsed().as_secs_f64())
+    };
+    run().unwrap_or(0.0)
+}
+
 /// Busy CPU time of the whole machine (all cores, seconds) so far, from /proc/stat.
 pub fn busy_cpu_seconds() -> f64 {
     let Ok(text) = std::fs::read_to_string("/proc/stat") else {
@@ -241,6 +338,13 @@ mod tests {
         assert!(c.count > 0 && c.errors == 0, "{c:?}");
         let r = rr(listener_addr, Duration::from_millis(100));
         assert!(r.count > c.count, "{r:?} vs {c:?}");
+        assert_eq!(who(listener_addr).as_deref(), Some("127.0.0.1"));
+        assert!(first_reaching(listener_addr, "127.0.0.1", 3, Duration::from_secs(1)).is_some());
+        assert!(first_reaching(listener_addr, "10.0.0.1", 1, Duration::from_millis(50)).is_none());
+        assert!(
+            stream(listener_addr, Duration::from_millis(100)) > 1e6,
+            "bytes/s"
+        );
         stop.store(true, Ordering::SeqCst);
         server.join().unwrap();
     }

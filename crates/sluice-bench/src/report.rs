@@ -39,9 +39,12 @@ impl Report {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "| arm | services | load (s) | new conn/s | CRR p50 (µs) | CRR p99 (µs) | p50 vs iptables-nft | p50 vs its floor | RR p50 (µs) | CPU µs/conn |"
+            "| arm | services | load (s) | new conn/s | CRR p50 (µs) | CRR p99 (µs) | p50 vs iptables-nft | p50 vs its floor | RR p50 (µs) | stream (Gbit/s) | endpoint change (ms) | CPU µs/conn |"
         );
-        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            t,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         let mut rows: Vec<&Measurement> = self.measurements.iter().collect();
         rows.sort_by_key(|m| (m.services, Arm::ALL.iter().position(|a| *a == m.arm)));
         for m in rows {
@@ -53,7 +56,7 @@ impl Report {
                 .map(|f| f.crr_p50_us);
             let _ = writeln!(
                 t,
-                "| {} | {} | {:.3} | {:.0} | {:.0} | {:.0} | {} | {} | {:.0} | {:.0} |",
+                "| {} | {} | {:.3} | {:.0} | {:.0} | {:.0} | {} | {} | {:.0} | {:.2} | {} | {:.0} |",
                 m.arm.name(),
                 m.services,
                 m.load_seconds,
@@ -63,6 +66,12 @@ impl Report {
                 ratio(m.crr_p50_us, base),
                 ratio(m.crr_p50_us, floor),
                 m.rr_p50_us,
+                m.stream_gbps,
+                match (m.update_ms, m.agent_update_ms) {
+                    (Some(e2e), Some(agent)) => format!("{e2e:.1} (agent {agent:.2})"),
+                    (Some(e2e), None) => format!("{e2e:.1}"),
+                    _ => "-".into(),
+                },
                 m.cpu_us_per_conn
             );
         }
@@ -83,17 +92,146 @@ impl Report {
                 );
             }
         }
+        t.push('\n');
+        t.push_str(&self.targets());
+        t
+    }
+
+    /// The targets, each with what was measured and whether it was met.
+    pub fn targets(&self) -> String {
+        let mut t = String::from("| target | measured | met |\n|---|---|---|\n");
+        let mut line = |what: &str, measured: String, met: Option<bool>| {
+            let verdict = match met {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "not measured",
+            };
+            let _ = writeln!(t, "| {what} | {measured} | {verdict} |");
+        };
+        let costs: Vec<f64> = self.bpf.iter().map(|b| b.ns_per_packet).collect();
+        if let (Some(lo), Some(hi)) = (
+            costs.iter().cloned().reduce(f64::min),
+            costs.iter().cloned().reduce(f64::max),
+        ) {
+            let spread = (hi - lo) / lo * 100.0;
+            line(
+                "BPF service+policy cost flat within 10% over all N",
+                format!("{lo:.0}..{hi:.0} ns ({spread:.1}% spread)"),
+                Some(spread <= 10.0),
+            );
+        } else {
+            line(
+                "BPF service+policy cost flat within 10% over all N",
+                "-".into(),
+                None,
+            );
+        }
+        let worst = |arm: Arm, f: &dyn Fn(&Measurement) -> Option<f64>| {
+            self.measurements
+                .iter()
+                .filter(|m| m.arm == arm)
+                .filter_map(|m| f(m).map(|v| (m.services, v)))
+                .fold(None, |acc: Option<(usize, f64)>, x| match acc {
+                    Some(a) if a.1 >= x.1 => Some(a),
+                    _ => Some(x),
+                })
+        };
+        let over_floor = |m: &Measurement| {
+            self.measurements
+                .iter()
+                .find(|f| f.services == m.services && f.arm == m.arm.floor())
+                .map(|f| (m.crr_p50_us / f.crr_p50_us - 1.0) * 100.0)
+        };
+        match worst(Arm::Sluice, &over_floor) {
+            Some((n, pct)) => line(
+                "sluice connection latency within 5% of its floor at every N",
+                format!("worst {pct:+.1}% (at {n})"),
+                Some(pct <= 5.0),
+            ),
+            None => line(
+                "sluice connection latency within 5% of its floor at every N",
+                "-".into(),
+                None,
+            ),
+        }
+        let load_10k = |arm: Arm| {
+            self.measurements
+                .iter()
+                .find(|m| m.arm == arm && m.services == 10_000)
+                .map(|m| m.load_seconds)
+        };
+        match load_10k(Arm::Sluice) {
+            Some(s) => line(
+                "loading 10k Services under 1 s",
+                format!(
+                    "sluice {s:.2} s; iptables-nft {}",
+                    load_10k(Arm::IptablesNft)
+                        .map(|v| format!("{v:.1} s"))
+                        .unwrap_or("-".into())
+                ),
+                Some(s < 1.0),
+            ),
+            None => line(
+                "loading 10k Services under 1 s",
+                "10k not in this run".into(),
+                None,
+            ),
+        }
+        match worst(Arm::Sluice, &|m| m.agent_update_ms) {
+            Some((n, ms)) => line(
+                "one endpoint change applied in under 1 ms at any N (agent reconcile)",
+                format!(
+                    "worst {ms:.2} ms (at {n}); end to end incl. file watch: worst {:.1} ms",
+                    worst(Arm::Sluice, &|m| m.update_ms)
+                        .map(|w| w.1)
+                        .unwrap_or(0.0)
+                ),
+                Some(ms < 1.0),
+            ),
+            None => line(
+                "one endpoint change applied in under 1 ms",
+                "-".into(),
+                None,
+            ),
+        }
+        let floor_stream = |m: &Measurement| {
+            self.measurements
+                .iter()
+                .find(|f| f.services == m.services && f.arm == Arm::NoRules)
+                .map(|f| m.stream_gbps / f.stream_gbps * 100.0)
+        };
+        let lowest = self
+            .measurements
+            .iter()
+            .filter(|m| m.arm == Arm::Sluice)
+            .filter_map(|m| floor_stream(m).map(|p| (m.services, p)))
+            .fold(None, |acc: Option<(usize, f64)>, x| match acc {
+                Some(a) if a.1 <= x.1 => Some(a),
+                _ => Some(x),
+            });
+        match lowest {
+            Some((n, pct)) => line(
+                "single-stream throughput at least 95% of raw veth (no-rules)",
+                format!("lowest {pct:.0}% (at {n})"),
+                Some(pct >= 95.0),
+            ),
+            None => line(
+                "single-stream throughput at least 95% of raw veth",
+                "-".into(),
+                None,
+            ),
+        }
         t
     }
 
     pub fn csv(&self) -> String {
         let mut t = String::from(
-            "arm,services,load_seconds,crr_rate,crr_p50_us,crr_p99_us,crr_errors,rr_p50_us,rr_p99_us,rr_count,rr_errors,cpu_us_per_conn\n",
+            "arm,services,load_seconds,crr_rate,crr_p50_us,crr_p99_us,crr_errors,rr_p50_us,rr_p99_us,rr_count,rr_errors,cpu_us_per_conn,stream_gbps,update_ms,agent_update_ms\n",
         );
         for m in &self.measurements {
             let _ = writeln!(
                 t,
-                "{},{},{:.6},{:.1},{:.1},{:.1},{},{:.1},{:.1},{},{},{:.1}",
+                "{},{},{:.6},{:.1},{:.1},{:.1},{},{:.1},{:.1},{},{},{:.1},{:.3},{},{}",
                 m.arm.name(),
                 m.services,
                 m.load_seconds,
@@ -105,7 +243,12 @@ impl Report {
                 m.rr_p99_us,
                 m.rr_count,
                 m.rr_errors,
-                m.cpu_us_per_conn
+                m.cpu_us_per_conn,
+                m.stream_gbps,
+                m.update_ms.map(|v| format!("{v:.3}")).unwrap_or_default(),
+                m.agent_update_ms
+                    .map(|v| format!("{v:.3}"))
+                    .unwrap_or_default()
             );
         }
         t
@@ -237,6 +380,9 @@ mod tests {
             rr_p99_us: 30.0,
             rr_count: 100,
             rr_errors: 0,
+            stream_gbps: 10.0,
+            update_ms: Some(2.0),
+            agent_update_ms: None,
             cpu_us_per_conn: 50.0,
         }
     }
@@ -257,6 +403,9 @@ mod tests {
             .find(|l| l.starts_with("| sluice | 1000"))
             .unwrap();
         assert!(sluice.contains("| 0.25× |"), "{sluice}");
+        assert!(
+            t.contains("| loading 10k Services under 1 s | 10k not in this run | not measured |")
+        );
         assert_eq!(r.csv().lines().count(), 4);
         let svg = r.svg("CRR p50", "µs", |m| m.crr_p50_us);
         assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.contains("sluice"));

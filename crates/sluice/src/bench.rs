@@ -39,12 +39,19 @@ enum BenchCommand {
     /// (internal) the load generator, run inside the client's namespace; prints JSON.
     #[command(hide = true)]
     Client {
+        /// crr, rr, stream (a JSON sample) or reach (when a connection reached --want).
         #[arg(long)]
         mode: String,
         #[arg(long)]
         target: SocketAddr,
         #[arg(long)]
         millis: u64,
+        /// reach: the server name to wait for.
+        #[arg(long, default_value = "")]
+        want: String,
+        /// reach: how many new connections in a row must reach it.
+        #[arg(long, default_value_t = 1)]
+        consecutive: usize,
     },
 }
 
@@ -53,13 +60,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         mode,
         target,
         millis,
+        want,
+        consecutive,
     }) = args.command
     {
+        use sluice_bench::load;
         let d = Duration::from_millis(millis);
         let sample = match mode.as_str() {
-            "crr" => sluice_bench::load::crr(target, d),
-            "rr" => sluice_bench::load::rr(target, d),
-            other => bail!("--mode: {other:?} is not one of: crr, rr"),
+            "crr" => load::crr(target, d),
+            "rr" => load::rr(target, d),
+            "stream" => {
+                let bytes_per_second = load::stream(target, d);
+                load::Sample {
+                    count: bytes_per_second as u64,
+                    seconds: 1.0,
+                    ..Default::default()
+                }
+            }
+            "reach" => {
+                let Some(t) = load::first_reaching(target, &want, consecutive, d) else {
+                    bail!("no connection to {target} reached {want:?} within {d:?}");
+                };
+                println!("{t}");
+                return Ok(0);
+            }
+            other => bail!("--mode: {other:?} is not one of: crr, rr, stream, reach"),
         };
         println!("{}", serde_json::to_string(&sample)?);
         return Ok(0);
