@@ -58,6 +58,20 @@ pub fn load_config(path: &Path) -> anyhow::Result<AgentConfig> {
             );
         }
     }
+    let events = cfg.hubble.events_buffer_bytes;
+    if !events.is_power_of_two() || !(4096..=1 << 30).contains(&events) {
+        bail!(
+            "{}: hubble.eventsBufferBytes: {events} is not a power of two in 4096..=1073741824",
+            path.display()
+        );
+    }
+    if cfg.hubble.buffer_capacity == 0 || cfg.hubble.buffer_capacity > 1 << 20 {
+        bail!(
+            "{}: hubble.bufferCapacity: {} is outside 1..=1048576",
+            path.display(),
+            cfg.hubble.buffer_capacity
+        );
+    }
     if let Some(mtu) = cfg.underlay_mtu {
         if !(1280..=65535).contains(&mtu) {
             bail!(
@@ -113,6 +127,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     backends: core_cfg.maps.backends,
                     conntrack: core_cfg.maps.conntrack,
                     policy: core_cfg.maps.policy,
+                    events: core_cfg.hubble.events_buffer_bytes,
                 };
                 let mut dp =
                     Datapath::load_with_sizes(&core_cfg.pin_path(), &sizes).with_context(|| {

@@ -107,6 +107,7 @@ impl LbState {
                 backends: capacity(sluice_datapath::lb::MAP_LB_BACKENDS),
                 conntrack: capacity(sluice_datapath::lb::MAP_CT),
                 policy: capacity(sluice_datapath::policy::MAP_POLICY),
+                ..Default::default()
             },
             ..Default::default()
         };

@@ -98,6 +98,8 @@ pub struct HubbleConfig {
     /// Flows kept for `GetFlows` (Hubble's default: 4095).
     pub buffer_capacity: usize,
     pub monitor_aggregation: MonitorAggregation,
+    /// Bytes of the datapath's event ring buffer (a power of two, 4096..=1 GiB).
+    pub events_buffer_bytes: u32,
 }
 
 impl Default for HubbleConfig {
@@ -108,6 +110,7 @@ impl Default for HubbleConfig {
             listen_address: String::new(),
             buffer_capacity: 4095,
             monitor_aggregation: MonitorAggregation::Medium,
+            events_buffer_bytes: 4 << 20,
         }
     }
 }

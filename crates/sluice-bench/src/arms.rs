@@ -392,8 +392,10 @@ fn cluster_file(name: &str, socket_lb: bool) -> String {
         "apiVersion: sluice.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: {name}}}\nspec:\n  routing: native\n  underlay: 192.168.77.0/24\n  socketLb: {socket_lb}\n  nodes: [{{name: node-a, podCIDR: 10.250.0.0/24}}]\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: bench}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: bench}}\nspec: {{containers: [{{name: c, image: none}}]}}\n"
     );
     for i in 0..3 {
+        // The background Services select b1 and b2: two endpoints each.
+        let bg = if i == 0 { "no" } else { "yes" };
         text += &format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: b{i}, namespace: bench, labels: {{app: bench, bg: \"yes\", who: b{i}}}}}\nspec: {{containers: [{{name: c, image: none, ports: [{{containerPort: {BACKEND_PORT}}}]}}]}}\n"
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: b{i}, namespace: bench, labels: {{app: bench, bg: \"{bg}\", who: b{i}}}}}\nspec: {{containers: [{{name: c, image: none, ports: [{{containerPort: {BACKEND_PORT}}}]}}]}}\n"
         );
     }
     text

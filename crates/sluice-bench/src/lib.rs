@@ -31,31 +31,15 @@ pub struct Options {
     pub settings: Settings,
 }
 
-/// Runs every arm at every N; `progress` hears each step.
-pub fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Report, String> {
+/// Runs every arm at every N; `progress` hears each step, `checkpoint` gets the report so far
+/// after each measurement (so an interrupted run keeps what it measured). Fast parts first.
+pub fn run(
+    opts: &Options,
+    progress: &dyn Fn(&str),
+    checkpoint: &dyn Fn(&Report),
+) -> Result<Report, String> {
     arms::check_tools(&opts.arms)?;
     let mut report = Report::default();
-    let kube: Vec<Arm> = opts.arms.iter().copied().filter(|a| !a.in_lab()).collect();
-    let steps = opts.arms.len() * opts.services.len();
-    let mut step = 0;
-    for &n in &opts.services {
-        for &arm in &kube {
-            step += 1;
-            progress(&format!(
-                "[{step}/{steps}] {} with {n} services",
-                arm.name()
-            ));
-            report
-                .measurements
-                .push(arms::kube_proxy_arm(arm, n, &opts.settings)?);
-        }
-    }
-    for &arm in opts.arms.iter().filter(|a| a.in_lab()) {
-        let tell = |what: &str| progress(&format!("[{}/{steps}] {what}", step + 1));
-        let ms = arms::sluice_arm(arm, &opts.services, &opts.settings, &tell)?;
-        step += ms.len();
-        report.measurements.extend(ms);
-    }
     if opts.bpf_repeat > 0 {
         for &n in &opts.services {
             progress(&format!(
@@ -67,6 +51,30 @@ pub fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Report, String> {
                 services: n,
                 ns_per_packet: ns,
             });
+        }
+        checkpoint(&report);
+    }
+    let steps = opts.arms.len() * opts.services.len();
+    let mut step = 0;
+    for &arm in opts.arms.iter().filter(|a| a.in_lab()) {
+        let tell = |what: &str| progress(&format!("[{}/{steps}] {what}", step + 1));
+        let ms = arms::sluice_arm(arm, &opts.services, &opts.settings, &tell)?;
+        step += ms.len();
+        report.measurements.extend(ms);
+        checkpoint(&report);
+    }
+    let kube: Vec<Arm> = opts.arms.iter().copied().filter(|a| !a.in_lab()).collect();
+    for &n in &opts.services {
+        for &arm in &kube {
+            step += 1;
+            progress(&format!(
+                "[{step}/{steps}] {} with {n} services",
+                arm.name()
+            ));
+            report
+                .measurements
+                .push(arms::kube_proxy_arm(arm, n, &opts.settings)?);
+            checkpoint(&report);
         }
     }
     Ok(report)

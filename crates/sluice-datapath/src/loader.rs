@@ -17,6 +17,8 @@ pub struct MapSizes {
     pub conntrack: u32,
     /// Policy entries of all local endpoints together.
     pub policy: u32,
+    /// Bytes of the flow-event ring buffer (a power of two, at least a page).
+    pub events: u32,
 }
 
 impl Default for MapSizes {
@@ -26,17 +28,19 @@ impl Default for MapSizes {
             backends: 65_536,
             conntrack: 65_536,
             policy: 65_536,
+            events: 4 << 20,
         }
     }
 }
 
 impl MapSizes {
-    fn overrides(&self) -> [(&'static str, u32); 4] {
+    fn overrides(&self) -> [(&'static str, u32); 5] {
         [
             (crate::lb::MAP_LB_SERVICES, self.lb_slots),
             (crate::lb::MAP_LB_BACKENDS, self.backends),
             (crate::lb::MAP_CT, self.conntrack),
             (crate::policy::MAP_POLICY, self.policy),
+            (crate::objects::MAP_EVENTS, self.events),
         ]
     }
 

@@ -50,6 +50,7 @@ pub fn config(state: &LabState, paths: &LabPaths, node: &str) -> AgentConfig {
         hubble: sluice_api::config::HubbleConfig {
             monitor_aggregation: state.monitor_aggregation,
             listen_address: "0.0.0.0:4244".into(),
+            events_buffer_bytes: state.events_buffer_bytes,
             ..Default::default()
         },
     }

@@ -34,6 +34,7 @@ pub struct Cluster {
     pub monitor_aggregation: MonitorAggregation,
     /// Socket-LB in the agents (when the machine has cgroup v2).
     pub socket_lb: bool,
+    pub events_buffer_bytes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,6 +35,12 @@ pub struct LabState {
     pub monitor_aggregation: sluice_api::config::MonitorAggregation,
     #[serde(default = "yes")]
     pub socket_lb: bool,
+    #[serde(default = "four_mib")]
+    pub events_buffer_bytes: u32,
+}
+
+fn four_mib() -> u32 {
+    4 << 20
 }
 
 fn yes() -> bool {

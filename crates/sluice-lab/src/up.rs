@@ -124,6 +124,7 @@ fn initial_state(cluster: &Cluster, name: &str, bin_dir: PathBuf) -> LabState {
         cni_plugins: cluster.cni_plugins.clone(),
         monitor_aggregation: cluster.monitor_aggregation,
         socket_lb: cluster.socket_lb,
+        events_buffer_bytes: cluster.events_buffer_bytes,
     }
 }
 

@@ -131,9 +131,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         },
     };
     let started = std::time::Instant::now();
-    let report = sluice_bench::run(&opts, &|step| {
-        eprintln!("{:>6.1}s {step}", started.elapsed().as_secs_f64());
-    });
+    let report = sluice_bench::run(
+        &opts,
+        &|step| eprintln!("{:>6.1}s {step}", started.elapsed().as_secs_f64()),
+        &|partial| {
+            let _ = sluice_bench::write(partial, &args.out);
+        },
+    );
     let left = sluice_bench::topology::leftovers(&opts.settings.prefix);
     let mut report = report.map_err(|e| anyhow::anyhow!(e))?;
     if !left.is_empty() {

@@ -429,3 +429,95 @@ fn flows_with_kubernetes_context_over_hubbles_api() {
 
     down_and_check(guard);
 }
+
+const BURST_CLUSTER: &str = "apiVersion: sluice.dev/v1alpha1
+kind: Cluster
+metadata: {name: burst}
+spec:
+  routing: native
+  underlay: 192.168.61.0/24
+  monitorAggregation: none
+  eventsBufferBytes: 4096
+  nodes: [{name: node-a, podCIDR: 10.31.0.0/24}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a}
+spec: {containers: [{name: s, image: none, ports: [{containerPort: 9000, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b}
+spec: {containers: [{name: s, image: none, ports: [{containerPort: 9000, protocol: UDP}]}]}
+";
+
+#[test]
+fn events_lost_in_a_burst_are_counted_and_reported() {
+    if !require_root("flow event loss") {
+        return;
+    }
+    let opts = sluice_lab::LabOptions {
+        name: Some(unique_name()),
+        bin_dir: Some(bin_dir()),
+        quiet: true,
+        ..Default::default()
+    };
+    let guard = Lab::up(BURST_CLUSTER, opts)
+        .unwrap_or_else(|e| panic!("lab up: {e}"))
+        .into_guard();
+    let lab: &Lab = &guard;
+    let b = SocketAddr::from((lab.pod_ip("default/b").unwrap(), 9000));
+    // Every datagram is an event at both ends (no aggregation) in a buffer of ~40 events.
+    lab.run_in_pod("default/a", move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..20_000 {
+            let _ = s.send_to(b"x", b);
+        }
+    })
+    .unwrap();
+
+    let agent = sluice_api::Client::new(lab.agent_socket("node-a").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (kernel, reported) = loop {
+        let kernel = match agent.call(&sluice_api::Request::Status).unwrap() {
+            sluice_api::Response::Status(s) => s.flow_events_lost,
+            other => panic!("{other:?}"),
+        };
+        let reported = counter(
+            &metrics(lab, "node-a"),
+            "hubble_lost_events_total",
+            &["source=\"perf_event_ring_buffer\""],
+        );
+        if kernel > 0 && reported == kernel {
+            break (kernel, reported);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lost events: kernel {kernel}, reported {reported}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(kernel > 0 && reported == kernel);
+
+    // Readers are told, whatever they filter on.
+    let (code, out, err) = sluice(&[
+        "observe",
+        "--lab",
+        lab.name(),
+        "--last",
+        "100000",
+        "-o",
+        "json",
+        "--pod",
+        "default/nobody",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lost: u64 = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["lost_events"]["num_events_lost"].as_u64())
+        .sum();
+    // (The ring keeps the newest 4095 records, so early reports may have been evicted.)
+    assert!(lost > 0 && lost <= kernel, "lost {lost} of {kernel}: {out}");
+    down_and_check(guard);
+}

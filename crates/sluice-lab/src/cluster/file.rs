@@ -42,6 +42,9 @@ pub struct ClusterSpec {
     /// Socket-LB in the agents (default true; needs a cgroup v2 mount).
     #[serde(default)]
     pub socket_lb: Option<bool>,
+    /// Bytes of each agent's flow-event ring buffer (default 4 MiB).
+    #[serde(default)]
+    pub events_buffer_bytes: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -58,6 +58,12 @@ pub fn cluster(docs: Vec<Value>) -> Result<Cluster, ClusterError> {
     let underlay = parse_cidr(&mut p, "spec.underlay", underlay_text);
     let nodes = nodes(&mut p, &doc, underlay, underlay_text);
     let cni_plugins = cni_plugins(&mut p, &doc);
+    let events_buffer_bytes = doc.spec.events_buffer_bytes.unwrap_or(4 << 20);
+    if !events_buffer_bytes.is_power_of_two() || events_buffer_bytes < 4096 {
+        p.push(format!(
+            "spec.eventsBufferBytes: {events_buffer_bytes} is not a power of two of at least 4096"
+        ));
+    }
     let monitor_aggregation = match doc.spec.monitor_aggregation.as_deref().unwrap_or("medium") {
         "medium" => MonitorAggregation::Medium,
         "none" => MonitorAggregation::None,
@@ -133,6 +139,7 @@ pub fn cluster(docs: Vec<Value>) -> Result<Cluster, ClusterError> {
         cni_plugins,
         monitor_aggregation,
         socket_lb: doc.spec.socket_lb.unwrap_or(true),
+        events_buffer_bytes,
     })
 }
 
