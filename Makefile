@@ -26,9 +26,11 @@ test-e2e: build
 demo: build
 	@./scripts/demo.sh
 
-# sluice against kube-proxy's iptables/nftables modes; results and plots in bench-results/.
-bench: build
-	$(SLUICE_BIN_DIR)/sluice bench $(BENCH_ARGS)
+# sluice against kube-proxy's iptables/nftables modes, optimised build; results and plots in
+# bench-results/ (BENCH_ARGS="--services 0,1000 --seconds 2" to change the run).
+bench: deps
+	$(CARGO) build --release --workspace --bins
+	SLUICE_BIN_DIR=$(CURDIR)/target/release $(CURDIR)/target/release/sluice bench $(BENCH_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

@@ -96,6 +96,9 @@ pub struct Measurement {
     pub cpu_us_per_conn: f64,
     /// Single-stream throughput through an echo backend (both directions), Gbit/s.
     pub stream_gbps: f64,
+    /// The stream broke before its time was up (the client says why on stderr).
+    #[serde(default)]
+    pub stream_failed: bool,
     /// From handing over a change of the measured Service's only endpoint to the first new
     /// connection that reaches the new one, ms (None: the arm has no Service to change).
     pub update_ms: Option<f64>,
@@ -280,6 +283,7 @@ fn measure(
         rr_errors: rr.errors,
         cpu_us_per_conn: cpu * 1e6 / crr.count as f64,
         stream_gbps: stream.rate() * 8.0 / 1e9,
+        stream_failed: stream.errors > 0,
         update_ms: None,
         agent_update_ms: None,
     })

@@ -256,7 +256,7 @@ pub fn first_reaching(
 }
 
 /// Single-stream throughput through an echo server: bytes echoed back per second.
-pub fn stream(target: SocketAddr, duration: Duration) -> f64 {
+pub fn stream(target: SocketAddr, duration: Duration) -> std::io::Result<f64> {
     let run = || -> std::io::Result<f64> {
         let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
         s.write_all(&[MODE_RR])?;
@@ -283,7 +283,7 @@ pub fn stream(target: SocketAddr, duration: Duration) -> f64 {
         let total = counter.join().unwrap_or(0);
         Ok(total as f64 / start.elapsed().as_secs_f64())
     };
-    run().unwrap_or(0.0)
+    run()
 }
 
 /// Busy CPU time of the whole machine (all cores, seconds) so far, from /proc/stat.
@@ -342,7 +342,7 @@ mod tests {
         assert!(first_reaching(listener_addr, "127.0.0.1", 3, Duration::from_secs(1)).is_some());
         assert!(first_reaching(listener_addr, "10.0.0.1", 1, Duration::from_millis(50)).is_none());
         assert!(
-            stream(listener_addr, Duration::from_millis(100)) > 1e6,
+            stream(listener_addr, Duration::from_millis(100)).unwrap() > 1e6,
             "bytes/s"
         );
         stop.store(true, Ordering::SeqCst);

@@ -56,7 +56,7 @@ impl Report {
                 .map(|f| f.crr_p50_us);
             let _ = writeln!(
                 t,
-                "| {} | {} | {:.3} | {:.0} | {:.0} | {:.0} | {} | {} | {:.0} | {:.2} | {} | {:.0} |",
+                "| {} | {} | {:.3} | {:.0} | {:.0} | {:.0} | {} | {} | {:.0} | {} | {} | {:.0} |",
                 m.arm.name(),
                 m.services,
                 m.load_seconds,
@@ -66,7 +66,11 @@ impl Report {
                 ratio(m.crr_p50_us, base),
                 ratio(m.crr_p50_us, floor),
                 m.rr_p50_us,
-                m.stream_gbps,
+                if m.stream_failed {
+                    "broke".to_string()
+                } else {
+                    format!("{:.2}", m.stream_gbps)
+                },
                 match (m.update_ms, m.agent_update_ms) {
                     (Some(e2e), Some(agent)) => format!("{e2e:.1} (agent {agent:.2})"),
                     (Some(e2e), None) => format!("{e2e:.1}"),
@@ -203,7 +207,7 @@ impl Report {
         let lowest = self
             .measurements
             .iter()
-            .filter(|m| m.arm == Arm::Sluice)
+            .filter(|m| m.arm == Arm::Sluice && !m.stream_failed)
             .filter_map(|m| floor_stream(m).map(|p| (m.services, p)))
             .fold(None, |acc: Option<(usize, f64)>, x| match acc {
                 Some(a) if a.1 <= x.1 => Some(a),
@@ -381,6 +385,7 @@ mod tests {
             rr_count: 100,
             rr_errors: 0,
             stream_gbps: 10.0,
+            stream_failed: false,
             update_ms: Some(2.0),
             agent_update_ms: None,
             cpu_us_per_conn: 50.0,

@@ -69,14 +69,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         let sample = match mode.as_str() {
             "crr" => load::crr(target, d),
             "rr" => load::rr(target, d),
-            "stream" => {
-                let bytes_per_second = load::stream(target, d);
-                load::Sample {
+            "stream" => match load::stream(target, d) {
+                Ok(bytes_per_second) => load::Sample {
                     count: bytes_per_second as u64,
                     seconds: 1.0,
                     ..Default::default()
+                },
+                Err(e) => {
+                    eprintln!("stream to {target}: {e}");
+                    load::Sample {
+                        errors: 1,
+                        seconds: 1.0,
+                        ..Default::default()
+                    }
                 }
-            }
+            },
             "reach" => {
                 let Some(t) = load::first_reaching(target, &want, consecutive, d) else {
                     bail!("no connection to {target} reached {want:?} within {d:?}");

@@ -38,10 +38,12 @@ struct Scanner {
 }
 
 impl Scanner {
-    /// Re-reads files whose signature changed; returns the snapshot.
-    fn scan(&mut self) -> Snapshot {
+    /// Re-reads files whose signature changed; returns the snapshot, or None when no file
+    /// changed since the last scan (a rescan of a large, quiet directory costs only stats).
+    fn scan(&mut self) -> Option<Snapshot> {
         let mut problems = Vec::new();
         let mut seen = Vec::new();
+        let mut changed = self.files.is_empty();
         match std::fs::read_dir(&self.dir) {
             Err(e) => problems.push(format!("manifest directory {}: {e}", self.dir.display())),
             Ok(entries) => {
@@ -63,6 +65,7 @@ impl Scanner {
                     {
                         continue;
                     }
+                    changed = true;
                     let origin = path.display().to_string();
                     let parsed = std::fs::read_to_string(&path)
                         .map_err(|e| format!("{origin}: {e}"))
@@ -87,13 +90,18 @@ impl Scanner {
                 }
             }
         }
+        let before = self.files.len();
         self.files.retain(|path, _| seen.contains(path));
+        changed |= self.files.len() != before;
+        if !changed && problems.is_empty() {
+            return None;
+        }
         let mut objects = Vec::new();
         for file in self.files.values() {
             objects.extend(file.objects.iter().cloned());
             problems.extend(file.problem.clone());
         }
-        Snapshot { objects, problems }
+        Some(Snapshot { objects, problems })
     }
 }
 
@@ -126,8 +134,7 @@ impl Source for ManifestDir {
         };
         let mut last: Option<Snapshot> = None;
         loop {
-            let snapshot = scanner.scan();
-            if last.as_ref() != Some(&snapshot) {
+            if let Some(snapshot) = scanner.scan().filter(|s| last.as_ref() != Some(s)) {
                 if tx.send(snapshot.clone()).is_err() {
                     return;
                 }
@@ -164,12 +171,16 @@ mod tests {
             dir: dir.path().into(),
             files: BTreeMap::new(),
         };
-        let first = scanner.scan();
+        let first = scanner.scan().expect("the first scan reports");
         assert_eq!(first.objects.len(), 1);
         assert!(first.problems.is_empty());
+        assert!(
+            scanner.scan().is_none(),
+            "nothing changed: nothing to report"
+        );
 
         std::fs::write(&file, "kind: [broken\n").unwrap();
-        let second = scanner.scan();
+        let second = scanner.scan().expect("a changed file is reported");
         assert_eq!(second.objects, first.objects, "objects kept");
         assert_eq!(second.problems.len(), 1);
         assert!(
@@ -179,7 +190,7 @@ mod tests {
         );
 
         std::fs::remove_file(&file).unwrap();
-        let third = scanner.scan();
+        let third = scanner.scan().expect("a removed file is reported");
         assert!(
             third.objects.is_empty(),
             "a removed file removes its objects"
