@@ -66,7 +66,8 @@ static __always_inline struct lb4_backend *lb4_select(__u32 client, __u32 vip, c
 
 	if (svc->flags & SLUICE_SVC_AFFINITY) {
 		struct lb4_affinity *a = bpf_map_lookup_elem(&sluice_lb4_aff, &akey);
-		if (a && now - a->last_used_ns <= (__u64)svc->affinity_timeout * 1000000000ULL) {
+		if (a && !older_than(now, a->last_used_ns,
+				     (__u64)svc->affinity_timeout * 1000000000ULL + 1)) {
 			struct lb4_backend *be = bpf_map_lookup_elem(&sluice_lb4_be, &a->backend_id);
 			if (be) {
 				a->last_used_ns = now;
@@ -130,7 +131,7 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 		      (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 
 	__u64 lifetime = t->proto == IPPROTO_TCP ? SLUICE_CT_LIFETIME_TCP_NS : SLUICE_CT_LIFETIME_UDP_NS;
-	if (ct && !new_tcp && now - ct->last_seen_ns < lifetime) {
+	if (ct && !new_tcp && !older_than(now, ct->last_seen_ns, lifetime)) {
 		ct->last_seen_ns = now;
 		*new_daddr = ct->nat_address;
 		trace_dnat(daddr, t->dport, ct->nat_address, ct->nat_port);
@@ -205,7 +206,7 @@ static __always_inline enum lb_verdict lb4_reverse(struct __sk_buff *skb, __u32 
 		return LB_PASS;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 lifetime = t->proto == IPPROTO_TCP ? SLUICE_CT_LIFETIME_TCP_NS : SLUICE_CT_LIFETIME_UDP_NS;
-	if (now - ct->last_seen_ns >= lifetime)
+	if (older_than(now, ct->last_seen_ns, lifetime))
 		return LB_PASS;  /* an expired connection's entry translates nothing */
 	ct->last_seen_ns = now;
 	*new_daddr = ct->alt_address ? ct->alt_address : daddr;

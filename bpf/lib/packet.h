@@ -39,6 +39,16 @@ static __always_inline enum parse_result parse_ipv4(struct __sk_buff *skb, struc
 	return PARSE_IPV4;
 }
 
+/*
+ * Whether a timestamp `last` (bpf_ktime_get_ns) is at least `age` before `now`. Another CPU
+ * may have stored a `last` a little later than this CPU's `now`: that is fresh, not an
+ * unsigned wrap-around to "ages ago".
+ */
+static __always_inline int older_than(__u64 now, __u64 last, __u64 age)
+{
+	return now > last && now - last >= age;
+}
+
 /* Sets both MACs; returns 0 or a negative error. */
 static __always_inline int rewrite_macs(struct __sk_buff *skb, const __u8 *src, const __u8 *dst)
 {

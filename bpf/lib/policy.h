@@ -214,7 +214,7 @@ static __always_inline int ct_lookup_admitted(const struct ct4_key *k,
 					      __u8 dir, __u32 revision, __u64 now, __u64 lifetime)
 {
 	struct ct4_entry *e = bpf_map_lookup_elem(&sluice_ct4, k);
-	if (!e || now - e->last_seen_ns >= lifetime)
+	if (!e || older_than(now, e->last_seen_ns, lifetime))
 		return CT_UNKNOWN;
 	if (e->policy_revision != revision) {
 		struct policy_match m = {};

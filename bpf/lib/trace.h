@@ -105,7 +105,7 @@ static __always_inline int trace_due(const struct flow_event *ev, __u64 now)
 	int flags_change = ev->proto == IPPROTO_TCP &&
 			   (ev->tcp_flags & (TRACE_TCP_SYN | TRACE_TCP_FIN | TRACE_TCP_RST));
 	__u64 *last = bpf_map_lookup_elem(&sluice_flow_seen, &key);
-	if (last && !flags_change && now - *last < SLUICE_AGGREGATION_INTERVAL_NS)
+	if (last && !flags_change && !(now > *last && now - *last >= SLUICE_AGGREGATION_INTERVAL_NS))
 		return 0;
 	bpf_map_update_elem(&sluice_flow_seen, &key, &now, BPF_ANY);
 	return 1;

@@ -788,6 +788,41 @@ fn an_idle_udp_flow_is_balanced_afresh() {
     );
 }
 
+/// A connection's entry touched by another CPU a moment "later" than this CPU's clock (its
+/// last-seen time ahead of now) is fresh: the connection keeps its backend. (An unsigned
+/// `now - last_seen` once made it look ancient, and a bulk transfer was moved to another
+/// backend mid-stream and reset.)
+#[test]
+fn an_entry_stamped_ahead_of_this_cpus_clock_keeps_its_backend() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup(&mut t, false);
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 45000), (VIP, 80), 0x02, true),
+    );
+    let first = parse(&out.packet).dst;
+    for (k, mut e) in t.dp.lb_ref().conntrack().unwrap() {
+        e.last_seen_ns += 2_000_000_000;
+        t.dp.lb().set_conntrack(k, e).unwrap();
+    }
+    for _ in 0..20 {
+        let out = run(
+            &mut t,
+            sluice_datapath::FROM_CONTAINER,
+            &packet(TCP, (CLIENT, 45000), (VIP, 80), 0x10, true),
+        );
+        assert_eq!(
+            parse(&out.packet).dst,
+            first,
+            "the connection keeps its backend"
+        );
+    }
+}
+
 /// A client reusing a service connection's tuple to talk to the backend directly (as it does
 /// after socket-LB translated its connect()) must get the backend's replies untouched.
 #[test]
