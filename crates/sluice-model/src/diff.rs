@@ -26,19 +26,39 @@ pub fn diff_maps<'a, K: Ord, V: PartialEq>(
         removed: vec![],
         changed: vec![],
     };
-    for (k, v) in old {
-        match new.get(k) {
-            None => d.removed.push((k, v)),
-            Some(nv) if nv != v => d.changed.push((k, v, nv)),
-            Some(_) => {}
+    // Both iterate in key order: a merge, one key comparison per step instead of a lookup.
+    let mut a = old.iter().peekable();
+    let mut b = new.iter().peekable();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return d,
+            (Some(&(k, v)), None) => {
+                d.removed.push((k, v));
+                a.next();
+            }
+            (None, Some(&(k, v))) => {
+                d.added.push((k, v));
+                b.next();
+            }
+            (Some(&(ka, va)), Some(&(kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    d.removed.push((ka, va));
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    d.added.push((kb, vb));
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if va != vb {
+                        d.changed.push((ka, va, vb));
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
         }
     }
-    for (k, v) in new {
-        if !old.contains_key(k) {
-            d.added.push((k, v));
-        }
-    }
-    d
 }
 
 #[cfg(test)]
