@@ -23,7 +23,9 @@ int from_container(struct __sk_buff *skb)
 	case PARSE_IPV4:
 		break;
 	}
-	trace_ipv4(skb, ip);
+	struct l4_tuple t = {};
+	int l4 = parse_l4(skb, ip, &t);
+	trace_l4(skb, ip, &t, l4);
 	__u32 saddr = ip->saddr, daddr = ip->daddr;
 	__u8 ttl = ip->ttl;
 
@@ -39,8 +41,6 @@ int from_container(struct __sk_buff *skb)
 	/* Services: a reply leaving a backend (hairpin, or a NodePort client reached directly)
 	 * is translated back; a packet to a frontend becomes one to a backend. Either way the
 	 * destination may change before we decide where the packet goes. */
-	struct l4_tuple t = {};
-	int l4 = parse_l4(skb, ip, &t);
 	if (l4 < 0)
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
 	/* Egress policy judges the connection as it leaves: to the backend a service packet
@@ -97,10 +97,10 @@ int to_container(struct __sk_buff *skb)
 	case PARSE_IPV4:
 		break;
 	}
-	trace_ipv4(skb, ip);
 	__u32 saddr = ip->saddr, daddr = ip->daddr;
 	struct l4_tuple t = {};
 	int l4 = parse_l4(skb, ip, &t);
+	trace_l4(skb, ip, &t, l4);
 	if (l4 < 0)
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
 

@@ -23,7 +23,7 @@ int from_netdev(struct __sk_buff *skb)
 	if (parse_l4(skb, ip, &t) != 0)
 		return TC_ACT_OK;
 	trace_begin(skb, point);
-	trace_tuple(saddr, daddr, t.proto, t.sport, t.dport, t.tcp_flags);
+	trace_l4(skb, ip, &t, 0);
 
 	struct datapath_config *cfg = datapath_config();
 	if (!cfg)

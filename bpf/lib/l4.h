@@ -29,10 +29,6 @@ struct l4_tuple {
 	__u8 tcp_flags;  /* the byte with FIN/SYN/RST/PSH/ACK/URG, TCP only */
 };
 
-#define TCP_FLAG_FIN 0x01
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_RST 0x04
-#define TCP_FLAG_ACK 0x10
 
 /*
  * Reads ports of an unfragmented TCP/UDP packet. Returns 0 on success, 1 when the packet
@@ -67,12 +63,13 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct iphdr *ip, str
 	return 0;
 }
 
-/* Starts the packet's flow event with its tuple (ICMP: type << 8 | code as source port). */
-static __always_inline void trace_ipv4(struct __sk_buff *skb, struct iphdr *ip)
+/* Starts the packet's flow event with its tuple, given parse_l4's result for it (ICMP: type
+ * << 8 | code as source port). */
+static __always_inline void trace_l4(struct __sk_buff *skb, struct iphdr *ip,
+				     const struct l4_tuple *t, int l4)
 {
-	struct l4_tuple t = {};
-	if (parse_l4(skb, ip, &t) == 0) {
-		trace_tuple(ip->saddr, ip->daddr, t.proto, t.sport, t.dport, t.tcp_flags);
+	if (l4 == 0) {
+		trace_tuple(ip->saddr, ip->daddr, t->proto, t->sport, t->dport, t->tcp_flags);
 		return;
 	}
 	__u16 type_code = 0;
@@ -82,6 +79,14 @@ static __always_inline void trace_ipv4(struct __sk_buff *skb, struct iphdr *ip)
 			type_code = bpf_htons(((__u16)hdr[0] << 8) | hdr[1]);
 	}
 	trace_tuple(ip->saddr, ip->daddr, ip->protocol, type_code, 0, 0);
+}
+
+/* Like trace_l4, for programs that do not parse ports themselves. */
+static __always_inline void trace_ipv4(struct __sk_buff *skb, struct iphdr *ip)
+{
+	struct l4_tuple t = {};
+	int l4 = parse_l4(skb, ip, &t);
+	trace_l4(skb, ip, &t, l4);
 }
 
 static __always_inline __u32 l4_csum_off(const struct l4_tuple *t)

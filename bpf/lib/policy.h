@@ -139,10 +139,6 @@ static __always_inline __u32 identity_of(__u32 ip)
 	return info ? info->identity : SLUICE_IDENTITY_WORLD;
 }
 
-/*
- * The endpoint's entry for a peer: by the peer's own identity, then by the identity of the
- * policy prefix holding its address (ipBlock), then for any peer.
- */
 /* What decided a connection, for its policy-verdict event. */
 struct policy_match {
 	__u32 identity;  /* the identity the entry was found under */
@@ -151,6 +147,10 @@ struct policy_match {
 	__u8 l4;         /* the entry names a protocol or port */
 };
 
+/*
+ * The endpoint's entry for a peer: by the peer's own identity, then by the identity of the
+ * policy prefix holding its address (ipBlock), then for any peer; *found_as says which.
+ */
 static __always_inline struct policy_entry *policy_lookup(__u32 endpoint, __u8 dir, __u32 peer,
 							  __u8 proto, __u16 dport, __u32 *found_as)
 {

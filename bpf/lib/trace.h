@@ -10,10 +10,7 @@
 
 #include <linux/in.h>
 #include "maps.h"
-
-#define TRACE_TCP_SYN 0x02
-#define TRACE_TCP_FIN 0x01
-#define TRACE_TCP_RST 0x04
+#include "packet.h"
 
 /* Sends one event; a full ring buffer is counted, never silent. */
 static __always_inline void events_output(struct flow_event *ev)
@@ -103,9 +100,9 @@ static __always_inline int trace_due(const struct flow_event *ev, __u64 now)
 		.proto = ev->proto, .point = ev->point,
 	};
 	int flags_change = ev->proto == IPPROTO_TCP &&
-			   (ev->tcp_flags & (TRACE_TCP_SYN | TRACE_TCP_FIN | TRACE_TCP_RST));
+			   (ev->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST));
 	__u64 *last = bpf_map_lookup_elem(&sluice_flow_seen, &key);
-	if (last && !flags_change && !(now > *last && now - *last >= SLUICE_AGGREGATION_INTERVAL_NS))
+	if (last && !flags_change && !older_than(now, *last, SLUICE_AGGREGATION_INTERVAL_NS))
 		return 0;
 	bpf_map_update_elem(&sluice_flow_seen, &key, &now, BPF_ANY);
 	return 1;

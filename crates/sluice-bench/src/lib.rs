@@ -13,7 +13,6 @@ pub mod report;
 pub mod topology;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use arms::{Arm, Settings};
 use report::{BpfCost, Report};
@@ -24,8 +23,6 @@ pub struct Options {
     /// Numbers of background Services, ascending.
     pub services: Vec<usize>,
     pub arms: Vec<Arm>,
-    /// Each CRR and RR run.
-    pub duration: Duration,
     /// BPF_PROG_TEST_RUN repetitions per N (0: skip).
     pub bpf_repeat: u32,
     pub settings: Settings,

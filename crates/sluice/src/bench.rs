@@ -128,7 +128,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let opts = sluice_bench::Options {
         services,
         arms,
-        duration: Duration::from_secs_f64(if args.quick { 0.3 } else { args.seconds }),
         bpf_repeat: if args.quick { 10_000 } else { args.bpf_repeat },
         settings: Settings {
             sluice_bin,

@@ -45,10 +45,7 @@ pub struct FlowDirectory {
     pub rules: HashMap<u32, RuleMeta>,
 }
 
-/// Reserved identities, numbered and labelled as Cilium's.
-pub const IDENTITY_HOST: u32 = 1;
-pub const IDENTITY_WORLD: u32 = 2;
-pub const IDENTITY_REMOTE_NODE: u32 = 6;
+use sluice_datapath::abi::{IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD};
 
 impl FlowDirectory {
     /// The endpoint behind `ip`: a pod, this or another node, or the world.

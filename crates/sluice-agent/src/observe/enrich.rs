@@ -9,18 +9,19 @@ use sluice_hubble_api::flow;
 
 use super::directory::{EndpointMeta, FlowDirectory};
 
-/// Cilium's monitor message types (flow.event_type.type).
-pub const MONITOR_DROP: i32 = 1;
-pub const MONITOR_TRACE: i32 = 4;
-pub const MONITOR_POLICY_VERDICT: i32 = 5;
-pub const MONITOR_TRACE_SOCK: i32 = 7;
+/// Cilium's monitor message types (flow.event_type.type): the datapath numbers its events
+/// the same way.
+pub const MONITOR_DROP: i32 = abi::EVENT_DROP as i32;
+pub const MONITOR_TRACE: i32 = abi::EVENT_TRACE as i32;
+pub const MONITOR_POLICY_VERDICT: i32 = abi::EVENT_POLICY_VERDICT as i32;
+pub const MONITOR_TRACE_SOCK: i32 = abi::EVENT_TRACE_SOCK as i32;
 
 /// Cilium's policy match types (flow.policy_match_type).
-const MATCH_NONE: u32 = 0;
-const MATCH_L3_ONLY: u32 = 1;
-const MATCH_L3_L4: u32 = 2;
-const MATCH_L4_ONLY: u32 = 3;
-const MATCH_ALL: u32 = 4;
+pub const MATCH_NONE: u32 = 0;
+pub const MATCH_L3_ONLY: u32 = 1;
+pub const MATCH_L3_L4: u32 = 2;
+pub const MATCH_L4_ONLY: u32 = 3;
+pub const MATCH_ALL: u32 = 4;
 
 /// Converts bpf_ktime_get_ns() (CLOCK_MONOTONIC) to wall-clock time.
 #[derive(Debug, Clone, Copy)]

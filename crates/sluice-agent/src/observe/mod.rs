@@ -89,10 +89,10 @@ impl FlowMetrics {
                 "egress"
             };
             let matched = match f.policy_match_type {
-                1 => "l3-only",
-                2 => "l3-l4",
-                3 => "l4-only",
-                4 => "all",
+                enrich::MATCH_L3_ONLY => "l3-only",
+                enrich::MATCH_L3_L4 => "l3-l4",
+                enrich::MATCH_L4_ONLY => "l4-only",
+                enrich::MATCH_ALL => "all",
                 _ => "none",
             };
             let action = if f.verdict == flow::Verdict::Forwarded as i32 {

@@ -47,8 +47,7 @@ impl Core {
             );
         }
         // Local pods the desired state has no address for yet are still ours to name.
-        let records: Vec<_> = self.records.values().cloned().collect();
-        for r in &records {
+        for r in self.records.values() {
             let (Some(pod), Some(id)) = (&r.pod, local_ids.get(&r.address)) else {
                 continue;
             };
