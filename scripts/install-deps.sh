@@ -9,6 +9,8 @@ packages=(
   iproute2 iputils-ping         # the lab and its checks
   nftables iptables             # e2e checks that sluice adds no firewall rules
   containernetworking-plugins   # reference CNI plugins chained after sluice-cni in tests
+  etcd-server etcd-client       # cluster-wide state (kvstore: etcd) and its tests
+  protobuf-compiler libprotobuf-dev  # etcd-client compiles etcd's protos at build time
 )
 
 missing=()

@@ -22,21 +22,31 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use sluice_api::config::AgentConfig;
+use sluice_api::config::{AgentConfig, KvstoreKind, SourceKind};
 use sluice_datapath::{features, Datapath};
 use sluice_netdev::NetHandle;
 
 use crate::core::{Command, Core};
-use crate::source::Source;
 
 /// Reads and validates the agent's YAML configuration.
 pub fn load_config(path: &Path) -> anyhow::Result<AgentConfig> {
+    load_config_for(path, None)
+}
+
+/// Like `load_config`, with the node name given from outside the file (`--node-name`).
+pub fn load_config_for(path: &Path, node_name: Option<&str>) -> anyhow::Result<AgentConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg: AgentConfig =
+    let mut cfg: AgentConfig =
         serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if let Some(name) = node_name {
+        cfg.node_name = name.to_string();
+    }
     if cfg.node_name.is_empty() {
-        bail!("{}: nodeName must not be empty", path.display());
+        bail!(
+            "{}: nodeName must not be empty (or pass --node-name / SLUICE_NODE_NAME)",
+            path.display()
+        );
     }
     if !sluice_model::maglev::is_prime(cfg.maglev_table_size) || cfg.maglev_table_size > 1 << 20 {
         bail!(
@@ -72,6 +82,48 @@ pub fn load_config(path: &Path) -> anyhow::Result<AgentConfig> {
             cfg.hubble.buffer_capacity
         );
     }
+    match (cfg.source, &cfg.manifests) {
+        (SourceKind::Files, None) => bail!(
+            "{}: manifests: a directory is required when source is files",
+            path.display()
+        ),
+        (SourceKind::Kubernetes, Some(dir)) => bail!(
+            "{}: manifests: {} is set but source is kubernetes (the API server is the source)",
+            path.display(),
+            dir.display()
+        ),
+        _ => {}
+    }
+    if cfg.kvstore.kind == KvstoreKind::Etcd {
+        if cfg.kvstore.endpoints.is_empty() {
+            bail!(
+                "{}: kvstore.endpoints: at least one etcd URL is required when kvstore.type is etcd",
+                path.display()
+            );
+        }
+        for url in &cfg.kvstore.endpoints {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!(
+                    "{}: kvstore.endpoints: {url:?} is not an http:// or https:// URL",
+                    path.display()
+                );
+            }
+        }
+        if !(2..=3600).contains(&cfg.kvstore.lease_ttl_seconds) {
+            bail!(
+                "{}: kvstore.leaseTtlSeconds: {} is outside 2..=3600",
+                path.display(),
+                cfg.kvstore.lease_ttl_seconds
+            );
+        }
+        if !cfg.kvstore.prefix.starts_with('/') || cfg.kvstore.prefix.ends_with('/') {
+            bail!(
+                "{}: kvstore.prefix: {:?} must start with / and not end with /",
+                path.display(),
+                cfg.kvstore.prefix
+            );
+        }
+    }
     if let Some(mtu) = cfg.underlay_mtu {
         if !(1280..=65535).contains(&mtu) {
             bail!(
@@ -96,10 +148,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     {
         tracing::warn!(pin = %pin_path.display(), "pin path is not on bpffs");
     }
-    std::fs::create_dir_all(&cfg.manifests)
-        .with_context(|| format!("manifest directory {}", cfg.manifests.display()))?;
-
-    let source: Box<dyn Source> = Box::new(source::manifests::ManifestDir::new(&cfg.manifests));
+    let source = source::open(&cfg).await?;
     let (core_tx, core_rx) = mpsc::channel::<Command>();
     type EventSource = Option<(
         aya::maps::RingBuf<aya::maps::MapData>,

@@ -14,6 +14,9 @@ struct Args {
     /// `medium` (a flow's first packet, TCP SYN/FIN/RST) or `none` (every packet).
     #[arg(long, value_parser = ["none", "medium"])]
     monitor_aggregation: Option<String>,
+    /// This node's name, overriding `nodeName` (a DaemonSet passes `spec.nodeName`).
+    #[arg(long, env = "SLUICE_NODE_NAME")]
+    node_name: Option<String>,
 }
 
 #[tokio::main]
@@ -26,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let mut cfg = sluice_agent::load_config(&args.config)?;
+    let mut cfg = sluice_agent::load_config_for(&args.config, args.node_name.as_deref())?;
     match args.monitor_aggregation.as_deref() {
         Some("none") => cfg.hubble.monitor_aggregation = MonitorAggregation::None,
         Some("medium") => cfg.hubble.monitor_aggregation = MonitorAggregation::Medium,

@@ -115,16 +115,92 @@ impl Default for HubbleConfig {
     }
 }
 
+/// Where the agent reads desired state from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A directory of YAML manifests (the lab and single machines).
+    #[default]
+    Files,
+    /// The Kubernetes API server (watches).
+    Kubernetes,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Files => "files",
+            SourceKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct KubernetesConfig {
+    /// A kubeconfig file. Default: in-cluster service account when running in a pod, else
+    /// `$KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Which key-value store holds cluster-wide state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KvstoreKind {
+    #[default]
+    None,
+    Etcd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct KvstoreConfig {
+    #[serde(rename = "type")]
+    pub kind: KvstoreKind,
+    /// etcd client URLs, e.g. ["http://10.0.0.1:2379"].
+    pub endpoints: Vec<String>,
+    /// Key prefix; several clusters may share one etcd under different prefixes.
+    pub prefix: String,
+    /// Lifetime of this node's lease: its published entries vanish this long after it dies.
+    pub lease_ttl_seconds: u32,
+}
+
+impl Default for KvstoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: KvstoreKind::None,
+            endpoints: Vec::new(),
+            prefix: "/sluice".into(),
+            lease_ttl_seconds: 15,
+        }
+    }
+}
+
 /// `sluice-agent --config FILE`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AgentConfig {
-    /// This node's name; its Node object gives the pod CIDR and node address.
+    /// This node's name; its Node object gives the pod CIDR and node address. May be left
+    /// out when the agent gets `--node-name` (a DaemonSet shares one file among nodes).
+    #[serde(default)]
     pub node_name: String,
     #[serde(default)]
     pub routing: RoutingMode,
-    /// Directory of Kubernetes YAML manifests (the embedded desired-state source).
-    pub manifests: PathBuf,
+    /// Where desired state comes from: `files` (the `manifests` directory) or `kubernetes`
+    /// (the API server, see `kubernetes`).
+    #[serde(default)]
+    pub source: SourceKind,
+    /// Directory of Kubernetes YAML manifests (the embedded desired-state source); required
+    /// when `source` is `files`.
+    #[serde(default)]
+    pub manifests: Option<PathBuf>,
+    /// How to reach the Kubernetes API server when `source` is `kubernetes`.
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
+    /// Cluster-wide datapath state (identities, endpoints, nodes): none (a shared identity
+    /// directory, everything else from the source) or etcd.
+    #[serde(default)]
+    pub kvstore: KvstoreConfig,
     /// The agent API socket (created with mode 0600).
     #[serde(default = "default_socket")]
     pub socket: PathBuf,

@@ -20,7 +20,10 @@ pub fn config(state: &LabState, paths: &LabPaths, node: &str) -> AgentConfig {
     AgentConfig {
         node_name: node.to_string(),
         routing: state.routing,
-        manifests: paths.manifests(),
+        source: sluice_api::config::SourceKind::Files,
+        manifests: Some(paths.manifests()),
+        kubernetes: Default::default(),
+        kvstore: Default::default(),
         socket: paths.agent_socket(node),
         state_dir: paths.agent_state(node),
         bpf_pin_path: Some(names::node_pin_dir(&state.name, node)),

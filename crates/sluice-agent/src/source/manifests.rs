@@ -44,8 +44,12 @@ impl Scanner {
         let mut problems = Vec::new();
         let mut seen = Vec::new();
         let mut changed = self.files.is_empty();
+        let mut connected = true;
         match std::fs::read_dir(&self.dir) {
-            Err(e) => problems.push(format!("manifest directory {}: {e}", self.dir.display())),
+            Err(e) => {
+                connected = false;
+                problems.push(format!("manifest directory {}: {e}", self.dir.display()))
+            }
             Ok(entries) => {
                 for entry in entries.flatten() {
                     let path = entry.path();
@@ -101,7 +105,11 @@ impl Scanner {
             objects.extend(file.objects.iter().cloned());
             problems.extend(file.problem.clone());
         }
-        Some(Snapshot { objects, problems })
+        Some(Snapshot {
+            objects,
+            problems,
+            connected,
+        })
     }
 }
 
