@@ -20,6 +20,8 @@ use crate::store::{Record, Store};
 pub enum Command {
     Api(Request, oneshot::Sender<Response>),
     Snapshot(Snapshot),
+    /// What the other nodes published in the kvstore.
+    Cluster(crate::kvstore::ClusterView),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -33,6 +35,12 @@ pub struct SelfNode {
 pub struct Core {
     pub(crate) cfg: AgentConfig,
     pub(crate) source: String,
+    /// The source reached its origin on its latest snapshot, and when it last did.
+    pub(crate) source_connected: bool,
+    pub(crate) last_sync: Option<std::time::SystemTime>,
+    /// The etcd session, when `kvstore.type` is etcd, and what it last saw.
+    pub(crate) kvstore: Option<crate::kvstore::Kvstore>,
+    pub(crate) cluster: Option<crate::kvstore::ClusterView>,
     pub(crate) dp: Datapath,
     pub(crate) net: NetHandle,
     pub(crate) store: Store,
@@ -92,6 +100,12 @@ impl Core {
                     let span = tracing::info_span!("reconcile");
                     let _enter = span.enter();
                     self.apply_snapshot(snapshot);
+                }
+                Command::Cluster(view) => {
+                    let span = tracing::info_span!("reconcile", cause = "kvstore");
+                    let _enter = span.enter();
+                    self.cluster = Some(view);
+                    self.reconcile_policy();
                 }
                 Command::Shutdown(done) => {
                     let _ = done.send(());
@@ -153,6 +167,10 @@ impl Core {
             DesiredState::build_with_previous(&snapshot.objects, &self.kept.as_previous());
         if let Err(e) = self.kept.update(&snapshot.objects, &desired) {
             problems.push(format!("keeping the last valid policies: {e}"));
+        }
+        self.source_connected = snapshot.connected;
+        if snapshot.connected {
+            self.last_sync = Some(std::time::SystemTime::now());
         }
         problems.extend(snapshot.problems);
         for p in &problems {
@@ -258,6 +276,16 @@ impl Core {
         problems.extend(self.uplink_problem.iter().cloned());
         problems.extend(self.service_problems.iter().cloned());
         problems.extend(self.policy_problems.iter().cloned());
+        if let Some(kv) = &self.kvstore {
+            let s = kv.status();
+            if !s.connected {
+                problems.push(format!(
+                    "kvstore: etcd at {} unreachable ({}); keeping the last cluster state",
+                    s.endpoints,
+                    s.last_error.as_deref().unwrap_or("connecting")
+                ));
+            }
+        }
         if self.node.is_none() {
             problems.push(format!(
                 "Node {:?} not found in {}",
@@ -318,6 +346,15 @@ impl Core {
                 ]
             },
             hubble_socket: self.cfg.hubble.enabled.then(|| self.cfg.hubble_socket()),
+            source_connected: self.source_connected,
+            last_sync_unix: self.last_sync.and_then(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs())
+            }),
+            pods: self.desired.pods.len(),
+            identities: self.policy.identity_count(),
+            kvstore: self.kvstore.as_ref().map(|kv| kv.status()),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use sluice_model::identity::{allocate, Claim, IdentityLabels, IdentityStore};
 
 pub struct IdentityAllocator {
-    store: DirStore,
+    store: Box<dyn IdentityStore<Error = String> + Send>,
     known: BTreeMap<IdentityLabels, u32>,
 }
 
@@ -23,12 +23,17 @@ impl IdentityAllocator {
     pub fn open(dir: &Path) -> Result<Self, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("creating the identity directory {}: {e}", dir.display()))?;
-        Ok(Self {
-            store: DirStore {
-                dir: dir.to_path_buf(),
-            },
+        Ok(Self::with_store(Box::new(DirStore {
+            dir: dir.to_path_buf(),
+        })))
+    }
+
+    /// Claims in another shared store (etcd).
+    pub fn with_store(store: Box<dyn IdentityStore<Error = String> + Send>) -> Self {
+        Self {
+            store,
             known: BTreeMap::new(),
-        })
+        }
     }
 
     /// The identity of `labels`, claiming one when no agent has yet.
@@ -36,14 +41,29 @@ impl IdentityAllocator {
         if let Some(id) = self.known.get(labels) {
             return Ok(*id);
         }
-        let id = allocate(&mut self.store, labels).map_err(|e| e.to_string())?;
+        let id = allocate(&mut StoreRef(self.store.as_mut()), labels).map_err(|e| e.to_string())?;
         self.known.insert(labels.clone(), id);
         Ok(id)
+    }
+
+    /// Identities this agent has resolved.
+    pub fn len(&self) -> usize {
+        self.known.len()
     }
 
     /// Labels of an identity this agent has resolved.
     pub fn labels_of(&self, id: u32) -> Option<&IdentityLabels> {
         self.known.iter().find(|(_, v)| **v == id).map(|(k, _)| k)
+    }
+}
+
+/// `allocate` takes a sized store.
+struct StoreRef<'a>(&'a mut (dyn IdentityStore<Error = String> + Send));
+
+impl IdentityStore for StoreRef<'_> {
+    type Error = String;
+    fn claim(&mut self, id: u32, key: &str) -> Result<Claim, String> {
+        self.0.claim(id, key)
     }
 }
 

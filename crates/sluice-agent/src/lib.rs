@@ -6,6 +6,7 @@ mod core;
 mod endpoints;
 mod identities;
 mod kept_policies;
+pub mod kvstore;
 mod metrics;
 mod nodes;
 pub mod observe;
@@ -166,6 +167,21 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let core_metrics = agent_metrics.clone();
     let core_cfg = cfg.clone();
     let description = source.describe();
+    let runtime = tokio::runtime::Handle::current();
+    let kvstore = match cfg.kvstore.kind {
+        KvstoreKind::Etcd => {
+            let to_core = core_tx.clone();
+            Some(kvstore::Kvstore::start(
+                &cfg.kvstore,
+                &cfg.node_name,
+                &runtime,
+                move |view| {
+                    let _ = to_core.send(Command::Cluster(view));
+                },
+            ))
+        }
+        KvstoreKind::None => None,
+    };
     // The datapath handles (aya) and netlink handle live on this one thread.
     let core_thread = std::thread::Builder::new()
         .name("core".into())
@@ -213,12 +229,29 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 };
                 let lb = services::LbState::load(&dp, core_cfg.maglev_table_size)
                     .map_err(|e| anyhow::anyhow!("reading service maps: {e}"))?;
-                let policy = policy::PolicyState::load(&dp, &core_cfg.identity_dir())
+                let identities = match core_cfg.kvstore.kind {
+                    KvstoreKind::Etcd => identities::IdentityAllocator::with_store(Box::new(
+                        kvstore::identities::EtcdIdentities::new(
+                            core_cfg.kvstore.endpoints.clone(),
+                            core_cfg.kvstore.prefix.clone(),
+                            runtime.clone(),
+                        ),
+                    )),
+                    KvstoreKind::None => {
+                        identities::IdentityAllocator::open(&core_cfg.identity_dir())
+                            .map_err(|e| anyhow::anyhow!(e))?
+                    }
+                };
+                let policy = policy::PolicyState::load(&dp, identities)
                     .map_err(|e| anyhow::anyhow!("reading policy maps: {e}"))?;
                 let (kept, kept_problem) = kept_policies::KeptPolicies::load(&core_cfg.state_dir);
                 let mut core = Core {
                     cfg: core_cfg,
                     source: description,
+                    source_connected: false,
+                    last_sync: None,
+                    kvstore,
+                    cluster: None,
                     dp,
                     net,
                     store,

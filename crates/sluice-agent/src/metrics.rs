@@ -294,6 +294,7 @@ mod tests {
             flow_events_lost: 9,
             map_pressure: vec![("policy".into(), 16, 64)],
             hubble_socket: None,
+            ..Default::default()
         };
         let agent = AgentMetrics::default();
         agent.observe_reconcile("policy", std::time::Duration::from_micros(300));

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 use ipnet::Ipv4Net;
 use sluice_api::{AllowEntry, EndpointDetail, PodRef};
@@ -22,6 +21,7 @@ use sluice_model::policy::{endpoint_policy, Direction, EndpointPolicy, PolicyKey
 use sluice_model::{DesiredState, NodeInfo};
 
 use crate::identities::IdentityAllocator;
+use crate::kvstore::EndpointRecord;
 
 /// A pod attached on this node: its address and, when the runtime said, which pod it is.
 pub struct LocalEndpoint {
@@ -57,7 +57,7 @@ pub struct Changes {
 
 impl PolicyState {
     /// Reads what a previous run programmed, so the first reconcile only writes differences.
-    pub fn load(dp: &Datapath, identity_dir: &Path) -> Result<Self, String> {
+    pub fn load(dp: &Datapath, identities: IdentityAllocator) -> Result<Self, String> {
         let maps = dp.policy_ref();
         let ipcache = maps
             .ipcache()
@@ -88,7 +88,7 @@ impl PolicyState {
                 .filter_map(|((ip, len), id)| Ipv4Net::new(*ip, *len).ok().map(|net| (net, *id))),
         );
         Ok(Self {
-            identities: IdentityAllocator::open(identity_dir)?,
+            identities,
             cidr_ids,
             ipcache,
             cidrs,
@@ -110,6 +110,7 @@ impl PolicyState {
         desired: &DesiredState,
         node: &NodeInfo,
         local: &[LocalEndpoint],
+        remote: Option<&BTreeMap<Ipv4Addr, &EndpointRecord>>,
     ) -> Changes {
         let mut changes = Changes::default();
         let ids = self.resolve_identities(desired, &mut changes.problems);
@@ -125,11 +126,24 @@ impl PolicyState {
                 Some(n) if n != node.name => desired.nodes.get(n).map(|n| n.address),
                 _ => None,
             };
+            // With a kvstore, other nodes' pods are known from what those nodes published.
+            if remote.is_some() && node_ip.is_some() {
+                continue;
+            }
             ipcache.insert(
                 (ip, 32),
                 IpcacheInfo {
                     identity: *id,
                     node_ip: node_ip.map(ip_to_be).unwrap_or(0),
+                },
+            );
+        }
+        for (ip, record) in remote.into_iter().flatten() {
+            ipcache.insert(
+                (*ip, 32),
+                IpcacheInfo {
+                    identity: record.identity,
+                    node_ip: ip_to_be(record.node_ip),
                 },
             );
         }
@@ -399,6 +413,10 @@ impl PolicyState {
     /// Every rule cookie handed out, with its rule.
     pub fn rule_cookies(&self) -> impl Iterator<Item = (u32, &RuleRef)> + '_ {
         self.cookies.iter().map(|(rule, cookie)| (*cookie, rule))
+    }
+
+    pub fn identity_count(&self) -> usize {
+        self.identities.len()
     }
 
     /// (policy entries, ipcache entries) as programmed.

@@ -27,9 +27,19 @@ impl Core {
             })
             .collect();
         let started = Instant::now();
-        let changes = self
-            .policy
-            .reconcile(&mut self.dp, &self.desired, &node.info, &local);
+        // Until etcd has answered once, other nodes' pods come from the desired state, so a
+        // restart while etcd is away leaves the ipcache as it was.
+        let remote = self
+            .cluster
+            .as_ref()
+            .map(|view| view.remote_endpoints(&node.info.name));
+        let changes = self.policy.reconcile(
+            &mut self.dp,
+            &self.desired,
+            &node.info,
+            &local,
+            remote.as_ref(),
+        );
         self.metrics.observe_reconcile("policy", started.elapsed());
         if changes.written + changes.removed > 0 {
             tracing::info!(
@@ -43,6 +53,40 @@ impl Core {
             tracing::error!("{p}");
         }
         self.policy_problems = changes.problems;
+        self.publish_to_kvstore();
+    }
+
+    /// Tells the kvstore session what this node has: its node record and every ready local
+    /// endpoint with the identity programmed for it.
+    fn publish_to_kvstore(&self) {
+        let (Some(kv), Some(node)) = (&self.kvstore, &self.node) else {
+            return;
+        };
+        let endpoints = self
+            .records
+            .values()
+            .filter(|r| matches!(r.phase, Phase::Ready(_)))
+            .filter_map(|r| {
+                let pod = r.pod.as_ref()?;
+                let identity = self.policy.endpoint_bits(r.address).0;
+                (identity != 0).then(|| crate::kvstore::EndpointRecord {
+                    ip: r.address,
+                    identity,
+                    node: node.info.name.clone(),
+                    node_ip: node.info.address,
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
+                })
+            })
+            .collect();
+        kv.publish(crate::kvstore::Publication {
+            node: Some(crate::kvstore::NodeRecord {
+                name: node.info.name.clone(),
+                address: node.info.address,
+                pod_cidr: node.info.pod_cidr,
+            }),
+            endpoints,
+        });
     }
 
     pub(crate) fn endpoint_detail(&self, pod: &str) -> Result<EndpointDetail, ApiError> {

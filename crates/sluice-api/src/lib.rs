@@ -178,7 +178,7 @@ pub struct ServiceEntry {
     pub affinity_timeout: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub node: String,
     pub routing: String,
@@ -229,6 +229,34 @@ pub struct AgentStatus {
     /// Where the Hubble Observer API listens; None when the observer is off.
     #[serde(default)]
     pub hubble_socket: Option<PathBuf>,
+    /// The source reached its origin (API server, manifest directory) on its latest read.
+    #[serde(default)]
+    pub source_connected: bool,
+    /// When the source last delivered a complete, connected snapshot (Unix seconds).
+    #[serde(default)]
+    pub last_sync_unix: Option<u64>,
+    /// Pods in the desired state (all nodes).
+    #[serde(default)]
+    pub pods: usize,
+    /// Security identities this agent has resolved.
+    #[serde(default)]
+    pub identities: usize,
+    /// The etcd session; None when there is no kvstore.
+    #[serde(default)]
+    pub kvstore: Option<KvstoreStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvstoreStatus {
+    pub endpoints: String,
+    pub connected: bool,
+    pub last_error: Option<String>,
+    /// Keys this node publishes (its node record and endpoints).
+    pub published: usize,
+    /// Keys under the prefix that were ignored as corrupt or foreign.
+    pub ignored: usize,
+    pub remote_nodes: usize,
+    pub remote_endpoints: usize,
 }
 
 /// One datapath counter: where (observation point), what happened, and why (drops).

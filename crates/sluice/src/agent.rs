@@ -216,7 +216,49 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
         ),
         None => println!("Observer:    off"),
     }
-    println!("Source:      {}", s.source);
+    let synced = match s.last_sync_unix {
+        Some(t) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(t);
+            format!("last sync {}s ago", now.saturating_sub(t))
+        }
+        None => "never synced".into(),
+    };
+    println!(
+        "Source:      {} ({}, {synced})",
+        s.source,
+        if s.source_connected {
+            "connected"
+        } else {
+            "UNREACHABLE"
+        }
+    );
+    println!(
+        "Objects:     {} pods, {} policies, {} identities",
+        s.pods, s.policies, s.identities
+    );
+    match &s.kvstore {
+        Some(kv) => println!(
+            "Kvstore:     etcd {} ({}), {} keys published, {} remote nodes, {} remote endpoints{}",
+            kv.endpoints,
+            if kv.connected {
+                "connected"
+            } else {
+                "UNREACHABLE"
+            },
+            kv.published,
+            kv.remote_nodes,
+            kv.remote_endpoints,
+            if kv.ignored > 0 {
+                format!(", {} keys ignored", kv.ignored)
+            } else {
+                String::new()
+            }
+        ),
+        None => println!("Kvstore:     none"),
+    }
     println!("Pin path:    {}", s.pin_path.display());
     println!("Uptime:      {}s", s.uptime_seconds);
     if !s.remote_nodes.is_empty() {
