@@ -23,7 +23,14 @@ pub fn config(state: &LabState, paths: &LabPaths, node: &str) -> AgentConfig {
         source: sluice_api::config::SourceKind::Files,
         manifests: Some(paths.manifests()),
         kubernetes: Default::default(),
-        kvstore: Default::default(),
+        kvstore: match state.kvstore {
+            sluice_api::config::KvstoreKind::Etcd => sluice_api::config::KvstoreConfig {
+                kind: sluice_api::config::KvstoreKind::Etcd,
+                endpoints: vec![crate::etcd::client_url(state)],
+                ..Default::default()
+            },
+            sluice_api::config::KvstoreKind::None => Default::default(),
+        },
         socket: paths.agent_socket(node),
         state_dir: paths.agent_state(node),
         bpf_pin_path: Some(names::node_pin_dir(&state.name, node)),

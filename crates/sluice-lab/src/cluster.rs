@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use serde_json::Value;
-use sluice_api::config::{MonitorAggregation, RoutingMode};
+use sluice_api::config::{KvstoreKind, MonitorAggregation, RoutingMode};
 
 pub use file::{API_VERSION, KIND};
 
@@ -35,6 +35,7 @@ pub struct Cluster {
     /// Socket-LB in the agents (when the machine has cgroup v2).
     pub socket_lb: bool,
     pub events_buffer_bytes: u32,
+    pub kvstore: KvstoreKind,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -324,6 +324,32 @@ impl Lab {
         agent::status(&self.paths, &self.node(node)?.name)
     }
 
+    /// Kills the lab's etcd (SIGKILL) and waits until it is gone; `start_etcd` brings it back
+    /// with its data. An error when the lab has no kvstore.
+    pub fn kill_etcd(&mut self) -> Result<()> {
+        self.require_etcd()?;
+        crate::etcd::kill(&self.state)?;
+        self.state.etcd_pid = None;
+        self.state.save(&self.paths)
+    }
+
+    pub fn start_etcd(&mut self) -> Result<()> {
+        self.require_etcd()?;
+        let pid = crate::etcd::start(&self.state, &self.paths)?;
+        self.state.etcd_pid = Some(pid);
+        self.state.save(&self.paths)
+    }
+
+    fn require_etcd(&self) -> Result<()> {
+        if self.state.kvstore != sluice_api::config::KvstoreKind::Etcd {
+            return Err(crate::LabError::Invalid(format!(
+                "lab {} has no etcd (spec.kvstore is none)",
+                self.state.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether the node's agent process is running.
     pub fn agent_alive(&self, node: &str) -> Result<bool> {
         let n = self.node(node)?;

@@ -21,6 +21,7 @@ mod cgroup;
 pub mod cluster;
 mod down;
 mod error;
+pub mod etcd;
 mod lab;
 mod manifests;
 pub mod names;

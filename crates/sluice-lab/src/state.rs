@@ -37,6 +37,11 @@ pub struct LabState {
     pub socket_lb: bool,
     #[serde(default = "four_mib")]
     pub events_buffer_bytes: u32,
+    #[serde(default)]
+    pub kvstore: sluice_api::config::KvstoreKind,
+    /// The lab's etcd (kvstore: etcd), running in the underlay namespace.
+    #[serde(default)]
+    pub etcd_pid: Option<u32>,
 }
 
 fn four_mib() -> u32 {
@@ -190,6 +195,10 @@ impl LabPaths {
         self.pod_dir(namespace, pod).join("cni-result.json")
     }
     /// Where the lab mounts cgroup2 when the machine has none mounted.
+    pub fn etcd_dir(&self) -> PathBuf {
+        self.root.join("etcd")
+    }
+
     pub fn cgroup_mount(&self) -> PathBuf {
         self.root.join("cgroup2")
     }

@@ -125,6 +125,8 @@ fn initial_state(cluster: &Cluster, name: &str, bin_dir: PathBuf) -> LabState {
         monitor_aggregation: cluster.monitor_aggregation,
         socket_lb: cluster.socket_lb,
         events_buffer_bytes: cluster.events_buffer_bytes,
+        kvstore: cluster.kvstore,
+        etcd_pid: None,
     }
 }
 
@@ -181,6 +183,14 @@ fn build(
         }
     }
     progress.detail(names::lab_cgroup(&root, &state.name).display().to_string());
+
+    if state.kvstore == sluice_api::config::KvstoreKind::Etcd {
+        progress.step(format!("etcd on {}", crate::etcd::client_url(state)));
+        let pid = crate::etcd::start(state, paths)?;
+        state.etcd_pid = Some(pid);
+        state.save(paths)?;
+        progress.detail(format!("etcd pid {pid}"));
+    }
 
     progress.step(format!("agents ({} routing)", state.routing));
     for i in 0..state.nodes.len() {

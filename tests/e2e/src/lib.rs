@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use sluice_lab::{probe, Lab, LabGuard, LabOptions};
 
+pub mod matrix;
+
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// True when the test may run. Not root: fails under CI=true, else prints a loud SKIP.
@@ -300,6 +302,7 @@ pub fn down_and_check(lab: LabGuard) {
     let name = lab.name().to_string();
     let mut pids: Vec<u32> = lab.nodes().iter().filter_map(|n| n.agent_pid).collect();
     pids.extend(lab.pods().iter().filter_map(|p| p.server_pid));
+    pids.extend(lab.state().etcd_pid);
     let report = lab.down().unwrap_or_else(|e| panic!("down {name}: {e}"));
     assert!(report.found, "down {name} found nothing to remove");
     let left = sluice_lab::leftovers(&name);

@@ -45,6 +45,10 @@ pub struct ClusterSpec {
     /// Bytes of each agent's flow-event ring buffer (default 4 MiB).
     #[serde(default)]
     pub events_buffer_bytes: Option<u32>,
+    /// Cluster-wide state: `none` (default: a shared identity directory) or `etcd` (the lab
+    /// runs one etcd on the underlay and every agent uses it).
+    #[serde(default)]
+    pub kvstore: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -9,7 +9,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sluice_api::config::{MonitorAggregation, RoutingMode};
+use sluice_api::config::{KvstoreKind, MonitorAggregation, RoutingMode};
 
 use super::file::{ClusterDoc, API_VERSION, KIND};
 use super::{Cluster, ClusterError, NodeDef, PodDef, DEFAULT_UNDERLAY};
@@ -64,6 +64,14 @@ pub fn cluster(docs: Vec<Value>) -> Result<Cluster, ClusterError> {
             "spec.eventsBufferBytes: {events_buffer_bytes} is not a power of two of at least 4096"
         ));
     }
+    let kvstore = match doc.spec.kvstore.as_deref().unwrap_or("none") {
+        "none" => KvstoreKind::None,
+        "etcd" => KvstoreKind::Etcd,
+        other => {
+            p.push(format!("spec.kvstore: {other:?} is not one of: none, etcd"));
+            KvstoreKind::None
+        }
+    };
     let monitor_aggregation = match doc.spec.monitor_aggregation.as_deref().unwrap_or("medium") {
         "medium" => MonitorAggregation::Medium,
         "none" => MonitorAggregation::None,
@@ -140,6 +148,7 @@ pub fn cluster(docs: Vec<Value>) -> Result<Cluster, ClusterError> {
         monitor_aggregation,
         socket_lb: doc.spec.socket_lb.unwrap_or(true),
         events_buffer_bytes,
+        kvstore,
     })
 }
 
