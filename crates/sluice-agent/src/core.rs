@@ -163,8 +163,10 @@ impl Core {
     fn apply_snapshot(&mut self, snapshot: Snapshot) {
         // An invalid policy keeps its last valid version (kept on disk, so across restarts
         // too): never fail open or closed on a typo.
-        let (desired, mut problems) =
+        let (mut desired, mut problems) =
             DesiredState::build_with_previous(&snapshot.objects, &self.kept.as_previous());
+        desired.endpoints_from_slices =
+            self.cfg.source == sluice_api::config::SourceKind::Kubernetes;
         if let Err(e) = self.kept.update(&snapshot.objects, &desired) {
             problems.push(format!("keeping the last valid policies: {e}"));
         }

@@ -64,14 +64,15 @@ pub fn lb_entries_for<'a>(
         let Some(cluster_ip) = svc.cluster_ip else {
             continue;
         };
+        // In the manifest source a selector means sluice computes the endpoints; without
+        // one, or from the Kubernetes source, EndpointSlices (written by someone else) do.
+        let computed = svc.selector.is_some() && !state.endpoints_from_slices;
         let candidates = match &svc.selector {
-            Some(selector) => state.selected_pods(&svc.namespace, selector),
-            None => Vec::new(),
+            Some(selector) if computed => state.selected_pods(&svc.namespace, selector),
+            _ => Vec::new(),
         };
         for port in &svc.ports {
-            // A selector means sluice computes the endpoints; without one, EndpointSlices
-            // (written by someone else) name them.
-            let all = if svc.selector.is_some() {
+            let all = if computed {
                 backends_for(svc, port, candidates.iter().copied())
             } else {
                 slice_backends(state, svc, port)
@@ -123,6 +124,14 @@ pub fn lb_entries_for<'a>(
 /// the services in a changed pod's namespace whose selector matched it before or matches it
 /// now. Recomputing only these gives the same frontends as recomputing everything.
 pub fn affected_services(old: &DesiredState, new: &DesiredState) -> BTreeSet<String> {
+    if old.endpoints_from_slices != new.endpoints_from_slices {
+        return old
+            .services
+            .keys()
+            .chain(new.services.keys())
+            .cloned()
+            .collect();
+    }
     let services = crate::diff_maps(&old.services, &new.services);
     let mut out: BTreeSet<String> = services
         .added
@@ -140,6 +149,9 @@ pub fn affected_services(old: &DesiredState, new: &DesiredState) -> BTreeSet<Str
         .chain(slices.changed.iter().flat_map(|(_, a, b)| [*a, *b]))
     {
         out.insert(slice.service.clone());
+    }
+    if new.endpoints_from_slices {
+        return out; // pods reach services only through slices
     }
     let pods = crate::diff_maps(&old.pods, &new.pods);
     let touched = pods
@@ -279,6 +291,55 @@ status: {phase: Pending}
             protocol: Protocol::Udp,
         }];
         assert_eq!(dns.0.backends, vec![(Ipv4Addr::new(10, 0, 0, 2), 53)]);
+    }
+
+    /// From the Kubernetes source the endpoint-slice controller's slices are the truth, for
+    /// services with a selector too; pods alone change nothing.
+    #[test]
+    fn in_slices_mode_selector_services_use_their_slices() {
+        let slice = r#"
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-x1, namespace: x, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.0.0.7], conditions: {ready: true}}
+- {addresses: [10.0.0.8], conditions: {ready: false, serving: true, terminating: true}}
+"#;
+        let objects = parse_manifests("t", &format!("{MANIFESTS}{slice}")).unwrap();
+        let (mut state, problems) = DesiredState::build(&objects);
+        assert!(problems.is_empty(), "{problems:?}");
+        let http = Frontend {
+            address: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let computed = lb_entries(&state, None);
+        assert_eq!(
+            computed[&http].0.backends,
+            vec![(Ipv4Addr::new(10, 0, 0, 2), 8080)]
+        );
+
+        let before = state.clone();
+        state.endpoints_from_slices = true;
+        let sliced = lb_entries(&state, None);
+        assert_eq!(
+            sliced[&http].0.backends,
+            vec![(Ipv4Addr::new(10, 0, 0, 7), 8080)]
+        );
+        assert!(
+            affected_services(&before, &state).contains("x/web"),
+            "switching modes reconsiders every service"
+        );
+
+        let mut pod_gone = state.clone();
+        pod_gone.pods.remove("x/a");
+        assert!(
+            affected_services(&state, &pod_gone).is_empty(),
+            "a pod change without a slice change touches no service"
+        );
     }
 }
 

@@ -48,6 +48,9 @@ pub struct DesiredState {
     pub endpoint_slices: BTreeMap<String, EndpointSliceInfo>,
     /// "namespace/name" -> network policy.
     pub policies: BTreeMap<String, PolicyInfo>,
+    /// Every service's endpoints come from EndpointSlices (the Kubernetes source, where the
+    /// endpoint-slice controller writes them); otherwise sluice computes them from selectors.
+    pub endpoints_from_slices: bool,
     /// (namespace, label key, label value) -> pod keys: selectors look up instead of scanning.
     by_label: BTreeMap<(String, String, String), BTreeSet<String>>,
 }
