@@ -90,9 +90,9 @@ impl FakeApi {
     }
 }
 
-fn answer(
+fn answer<B>(
     state: &Mutex<FakeState>,
-    req: Request<kube::client::Body>,
+    req: Request<B>,
 ) -> Result<Response<FakeBody>, std::io::Error> {
     let mut s = state.lock().unwrap();
     if s.down {
@@ -443,5 +443,80 @@ async fn objects_sluice_cannot_use_are_reported_by_name_and_skipped() {
             .iter()
             .any(|p| p.contains("bad") && p.contains("10.1.0.0/33")),
         "{problems:?}"
+    );
+}
+
+/// Serves the fake API over real HTTP on loopback; returns its URL.
+async fn serve_http(api: &FakeApi) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let state = api.0.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { answer(&state, req) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubeconfig_names_the_server_and_the_source_reads_it_over_http() {
+    let api = cluster();
+    let url = serve_http(&api).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{url}\"}}}}]\nusers: [{{name: u, user: {{token: t0ken}}}}]\ncontexts: [{{name: c, context: {{cluster: fake, user: u}}}}]\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    let cfg = KubernetesConfig {
+        kubeconfig: Some(kubeconfig),
+    };
+    let source = Box::new(KubernetesSource::from_config(&cfg).await.unwrap());
+    assert!(
+        source.describe().starts_with(&format!("kubernetes:{url}")),
+        "{}",
+        source.describe()
+    );
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || source.run(tx));
+    let first = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("a snapshot over HTTP");
+    assert_eq!(kinds(&first)["Pod"], 2);
+    assert!(first.connected);
+}
+
+#[tokio::test]
+async fn a_bad_kubeconfig_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, "clusters: [oops\n").unwrap();
+    let cfg = KubernetesConfig {
+        kubeconfig: Some(path),
+    };
+    let err = KubernetesSource::from_config(&cfg)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().starts_with("kubernetes.kubeconfig:"),
+        "{err}"
     );
 }
