@@ -10,6 +10,7 @@ pub mod node;
 pub mod policy;
 pub mod selector;
 pub mod service;
+pub mod slice_controller;
 pub mod slices;
 pub mod state;
 
