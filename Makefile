@@ -1,7 +1,8 @@
 # sluice: the two commands are `make demo` and `make test`. Both install what is missing.
 
 CARGO ?= cargo
-export SLUICE_BIN_DIR := $(CURDIR)/target/debug
+# The binaries the e2e tests and the demo run (cargo puts them under CARGO_TARGET_DIR when set).
+export SLUICE_BIN_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug
 
 .PHONY: deps build test test-unit test-e2e demo bench fmt lint clean-labs
 
@@ -30,7 +31,7 @@ demo: build
 # bench-results/ (BENCH_ARGS="--services 0,1000 --seconds 2" to change the run).
 bench: deps
 	$(CARGO) build --release --workspace --bins
-	SLUICE_BIN_DIR=$(CURDIR)/target/release $(CURDIR)/target/release/sluice bench $(BENCH_ARGS)
+	SLUICE_BIN_DIR=$(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/sluice bench $(BENCH_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

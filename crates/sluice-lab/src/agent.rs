@@ -20,13 +20,17 @@ pub fn config(state: &LabState, paths: &LabPaths, node: &str) -> AgentConfig {
     AgentConfig {
         node_name: node.to_string(),
         routing: state.routing,
-        source: sluice_api::config::SourceKind::Files,
-        manifests: Some(paths.manifests()),
-        kubernetes: Default::default(),
+        source: state.source,
+        manifests: (state.source == sluice_api::config::SourceKind::Files)
+            .then(|| paths.manifests()),
+        kubernetes: sluice_api::config::KubernetesConfig {
+            kubeconfig: (state.source == sluice_api::config::SourceKind::Kubernetes)
+                .then(|| paths.kubeconfig()),
+        },
         kvstore: match state.kvstore {
             sluice_api::config::KvstoreKind::Etcd => sluice_api::config::KvstoreConfig {
                 kind: sluice_api::config::KvstoreKind::Etcd,
-                endpoints: vec![crate::etcd::client_url(state)],
+                endpoints: vec![crate::control_plane::etcd_url(state)],
                 ..Default::default()
             },
             sluice_api::config::KvstoreKind::None => Default::default(),

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use serde_json::Value;
-use sluice_api::config::{KvstoreKind, MonitorAggregation, RoutingMode};
+use sluice_api::config::{KvstoreKind, MonitorAggregation, RoutingMode, SourceKind};
 
 pub use file::{API_VERSION, KIND};
 
@@ -36,6 +36,7 @@ pub struct Cluster {
     pub socket_lb: bool,
     pub events_buffer_bytes: u32,
     pub kvstore: KvstoreKind,
+    pub source: SourceKind,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -328,16 +328,42 @@ impl Lab {
     /// with its data. An error when the lab has no kvstore.
     pub fn kill_etcd(&mut self) -> Result<()> {
         self.require_etcd()?;
-        crate::etcd::kill(&self.state)?;
+        crate::control_plane::kill(self.state.etcd_pid)?;
         self.state.etcd_pid = None;
         self.state.save(&self.paths)
     }
 
     pub fn start_etcd(&mut self) -> Result<()> {
         self.require_etcd()?;
-        let pid = crate::etcd::start(&self.state, &self.paths)?;
+        let pid = crate::control_plane::start_etcd(&self.state, &self.paths)?;
         self.state.etcd_pid = Some(pid);
         self.state.save(&self.paths)
+    }
+
+    /// Kills the stand-in API server (agents then keep their last state); `start_apiserver`
+    /// brings it back. An error when the lab's source is files.
+    pub fn kill_apiserver(&mut self) -> Result<()> {
+        self.require_apiserver()?;
+        crate::control_plane::kill(self.state.apiserver_pid)?;
+        self.state.apiserver_pid = None;
+        self.state.save(&self.paths)
+    }
+
+    pub fn start_apiserver(&mut self) -> Result<()> {
+        self.require_apiserver()?;
+        let pid = crate::control_plane::start_apiserver(&self.state, &self.paths)?;
+        self.state.apiserver_pid = Some(pid);
+        self.state.save(&self.paths)
+    }
+
+    fn require_apiserver(&self) -> Result<()> {
+        if self.state.source != sluice_api::config::SourceKind::Kubernetes {
+            return Err(crate::LabError::Invalid(format!(
+                "lab {} has no API server (spec.source is files)",
+                self.state.name
+            )));
+        }
+        Ok(())
     }
 
     fn require_etcd(&self) -> Result<()> {

@@ -16,12 +16,13 @@
 //! ```
 
 mod agent;
+pub mod apiserver;
 mod bins;
 mod cgroup;
 pub mod cluster;
+mod control_plane;
 mod down;
 mod error;
-pub mod etcd;
 mod lab;
 mod manifests;
 pub mod names;

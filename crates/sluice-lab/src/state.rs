@@ -42,6 +42,11 @@ pub struct LabState {
     /// The lab's etcd (kvstore: etcd), running in the underlay namespace.
     #[serde(default)]
     pub etcd_pid: Option<u32>,
+    /// Where agents read desired state: the directory, or the stand-in API server serving it.
+    #[serde(default)]
+    pub source: sluice_api::config::SourceKind,
+    #[serde(default)]
+    pub apiserver_pid: Option<u32>,
 }
 
 fn four_mib() -> u32 {
@@ -195,6 +200,10 @@ impl LabPaths {
         self.pod_dir(namespace, pod).join("cni-result.json")
     }
     /// Where the lab mounts cgroup2 when the machine has none mounted.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.root.join("kubeconfig")
+    }
+
     pub fn etcd_dir(&self) -> PathBuf {
         self.root.join("etcd")
     }

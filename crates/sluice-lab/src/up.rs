@@ -10,7 +10,7 @@ use crate::cluster::Cluster;
 use crate::error::{io, net, LabError, Result};
 use crate::progress::Progress;
 use crate::state::{LabPaths, LabState, NodeState, PodState};
-use crate::{agent, bins, cgroup, down, manifests, names, network, pods};
+use crate::{agent, bins, cgroup, control_plane, down, manifests, names, network, pods};
 
 pub struct UpOptions {
     pub name: Option<String>,
@@ -66,7 +66,9 @@ pub fn up(text: &str, opts: &UpOptions) -> Result<(LabState, LabPaths)> {
     }
     // From here on, everything made is undone on failure.
     let mut state = initial_state(&cluster, &name, bin_dir);
-    let mut progress = Progress::new(opts.quiet, 5);
+    let control_plane_steps = usize::from(cluster.kvstore == sluice_api::config::KvstoreKind::Etcd)
+        + usize::from(cluster.source == sluice_api::config::SourceKind::Kubernetes);
+    let mut progress = Progress::new(opts.quiet, 5 + control_plane_steps);
     match build(&cluster, &mut state, &paths, opts, &mut progress) {
         Ok(()) => Ok((state, paths)),
         Err(error) => {
@@ -127,6 +129,8 @@ fn initial_state(cluster: &Cluster, name: &str, bin_dir: PathBuf) -> LabState {
         events_buffer_bytes: cluster.events_buffer_bytes,
         kvstore: cluster.kvstore,
         etcd_pid: None,
+        source: cluster.source,
+        apiserver_pid: None,
     }
 }
 
@@ -185,11 +189,24 @@ fn build(
     progress.detail(names::lab_cgroup(&root, &state.name).display().to_string());
 
     if state.kvstore == sluice_api::config::KvstoreKind::Etcd {
-        progress.step(format!("etcd on {}", crate::etcd::client_url(state)));
-        let pid = crate::etcd::start(state, paths)?;
+        progress.step(format!("etcd on {}", control_plane::etcd_url(state)));
+        let pid = control_plane::start_etcd(state, paths)?;
         state.etcd_pid = Some(pid);
         state.save(paths)?;
         progress.detail(format!("etcd pid {pid}"));
+    }
+    if state.source == sluice_api::config::SourceKind::Kubernetes {
+        progress.step(format!(
+            "API server (lab stand-in) on {}",
+            control_plane::apiserver_url(state)
+        ));
+        let pid = control_plane::start_apiserver(state, paths)?;
+        state.apiserver_pid = Some(pid);
+        state.save(paths)?;
+        progress.detail(format!(
+            "pid {pid}, kubeconfig {}",
+            paths.kubeconfig().display()
+        ));
     }
 
     progress.step(format!("agents ({} routing)", state.routing));

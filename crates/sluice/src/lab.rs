@@ -82,6 +82,15 @@ pub enum LabCommand {
         #[arg(long, default_value = "")]
         udp: String,
     },
+    /// Serve a desired-state directory as a Kubernetes API (list/watch) for agents with the
+    /// Kubernetes source (started by `lab up` for `spec.source: kubernetes`).
+    #[command(hide = true)]
+    ApiServer {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -188,6 +197,11 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<i32> {
                 sluice_lab::serve::parse_ports(&udp).map_err(|e| anyhow::anyhow!("--udp: {e}"))?;
             sluice_lab::serve::run(&pod, &tcp, &udp)
                 .with_context(|| format!("serving pod {pod}"))?;
+            Ok(0)
+        }
+        LabCommand::ApiServer { dir, listen } => {
+            sluice_lab::apiserver::run(&dir, listen)
+                .with_context(|| format!("serving {} on {listen}", dir.display()))?;
             Ok(0)
         }
     }

@@ -303,6 +303,7 @@ pub fn down_and_check(lab: LabGuard) {
     let mut pids: Vec<u32> = lab.nodes().iter().filter_map(|n| n.agent_pid).collect();
     pids.extend(lab.pods().iter().filter_map(|p| p.server_pid));
     pids.extend(lab.state().etcd_pid);
+    pids.extend(lab.state().apiserver_pid);
     let report = lab.down().unwrap_or_else(|e| panic!("down {name}: {e}"));
     assert!(report.found, "down {name} found nothing to remove");
     let left = sluice_lab::leftovers(&name);

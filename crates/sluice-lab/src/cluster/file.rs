@@ -49,6 +49,10 @@ pub struct ClusterSpec {
     /// runs one etcd on the underlay and every agent uses it).
     #[serde(default)]
     pub kvstore: Option<String>,
+    /// Where agents read desired state: `files` (default: the lab's manifest directory) or
+    /// `kubernetes` (a stand-in API server serving that directory, with EndpointSlices).
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

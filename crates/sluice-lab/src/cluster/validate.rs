@@ -9,7 +9,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sluice_api::config::{KvstoreKind, MonitorAggregation, RoutingMode};
+use sluice_api::config::{KvstoreKind, MonitorAggregation, RoutingMode, SourceKind};
 
 use super::file::{ClusterDoc, API_VERSION, KIND};
 use super::{Cluster, ClusterError, NodeDef, PodDef, DEFAULT_UNDERLAY};
@@ -70,6 +70,16 @@ pub fn cluster(docs: Vec<Value>) -> Result<Cluster, ClusterError> {
         other => {
             p.push(format!("spec.kvstore: {other:?} is not one of: none, etcd"));
             KvstoreKind::None
+        }
+    };
+    let source = match doc.spec.source.as_deref().unwrap_or("files") {
+        "files" => SourceKind::Files,
+        "kubernetes" => SourceKind::Kubernetes,
+        other => {
+            p.push(format!(
+                "spec.source: {other:?} is not one of: files, kubernetes"
+            ));
+            SourceKind::Files
         }
     };
     let monitor_aggregation = match doc.spec.monitor_aggregation.as_deref().unwrap_or("medium") {
@@ -149,6 +159,7 @@ pub fn cluster(docs: Vec<Value>) -> Result<Cluster, ClusterError> {
         socket_lb: doc.spec.socket_lb.unwrap_or(true),
         events_buffer_bytes,
         kvstore,
+        source,
     })
 }
 
