@@ -194,6 +194,38 @@ pub fn render(s: &AgentStatus, agent: &AgentMetrics, flows: Option<&FlowMetrics>
         "Addresses with a known identity in the ipcache",
         s.ipcache_entries as i64,
     );
+    gauge(
+        r,
+        "source_connected",
+        "1 when the desired-state source (API server or manifest directory) was reachable on its latest read",
+        i64::from(s.source_connected),
+    );
+    gauge(
+        r,
+        "identities",
+        "Security identities this agent has resolved",
+        s.identities as i64,
+    );
+    if let Some(kv) = &s.kvstore {
+        gauge(
+            r,
+            "kvstore_connected",
+            "1 while the etcd session is up",
+            i64::from(kv.connected),
+        );
+        gauge(
+            r,
+            "kvstore_remote_endpoints",
+            "Other nodes' endpoints known from etcd",
+            kv.remote_endpoints as i64,
+        );
+        gauge(
+            r,
+            "kvstore_ignored_keys",
+            "Keys under the kvstore prefix ignored as corrupt or foreign",
+            kv.ignored as i64,
+        );
+    }
     let lost = Gauge::<i64>::default();
     lost.set(s.flow_events_lost as i64);
     r.register(
@@ -294,6 +326,12 @@ mod tests {
             flow_events_lost: 9,
             map_pressure: vec![("policy".into(), 16, 64)],
             hubble_socket: None,
+            source_connected: true,
+            kvstore: Some(sluice_api::KvstoreStatus {
+                connected: true,
+                remote_endpoints: 4,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let agent = AgentMetrics::default();
@@ -307,6 +345,9 @@ mod tests {
             "sluice_bpf_map_pressure{map_name=\"conntrack\"} 0.25",
             "sluice_bpf_map_pressure{map_name=\"policy\"} 0.25",
             "sluice_datapath_packets_total{point=\"from-endpoint\",outcome=\"drop\",reason=\"invalid-source-ip\"} 42",
+            "sluice_source_connected 1",
+            "sluice_kvstore_connected 1",
+            "sluice_kvstore_remote_endpoints 4",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
