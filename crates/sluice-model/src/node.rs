@@ -24,7 +24,17 @@ impl NodeInfo {
         let spec = node.spec.as_ref();
         let cidr_text = spec
             .and_then(|s| s.pod_cidr.clone())
-            .or_else(|| spec.and_then(|s| s.pod_cidrs.as_ref()?.first().cloned()))
+            .filter(|c| !c.contains(':'))
+            .or_else(|| {
+                // Dual-stack nodes list both families; the first IPv4 one is ours.
+                spec.and_then(|s| {
+                    s.pod_cidrs
+                        .as_ref()?
+                        .iter()
+                        .find(|c| !c.contains(':'))
+                        .cloned()
+                })
+            })
             .ok_or_else(|| format!("Node {name}: spec.podCIDR is missing"))?;
         let pod_cidr: Ipv4Net = cidr_text.parse().map_err(|_| {
             format!("Node {name}: spec.podCIDR: {cidr_text:?} is not a valid IPv4 CIDR")
@@ -83,6 +93,17 @@ mod tests {
         assert_eq!(info.pod_cidr, "10.0.1.0/24".parse().unwrap());
         assert_eq!(info.address, Ipv4Addr::new(192, 168, 1, 2));
         assert_eq!(info.vxlan_mac(), [0x0a, 0x58, 192, 168, 1, 2]);
+    }
+
+    #[test]
+    fn a_dual_stack_node_gives_its_ipv4_pod_cidr() {
+        let n = node(
+            "metadata: {name: a}\nspec: {podCIDR: \"fd00:1::/64\", podCIDRs: [\"fd00:1::/64\", 10.0.7.0/24]}\nstatus: {addresses: [{type: InternalIP, address: 192.168.1.2}]}",
+        );
+        assert_eq!(
+            NodeInfo::from_node(&n).unwrap().pod_cidr,
+            "10.0.7.0/24".parse().unwrap()
+        );
     }
 
     #[test]
