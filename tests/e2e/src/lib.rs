@@ -73,6 +73,29 @@ pub fn up_example(file: &str) -> LabGuard {
     }
 }
 
+/// Brings up `examples/<file>` with `spec_lines` (e.g. "  kvstore: etcd\n") added to its
+/// Cluster spec, under a unique name; the guard tears it down.
+pub fn up_example_with(file: &str, spec_lines: &str) -> LabGuard {
+    let text = std::fs::read_to_string(example(file)).unwrap();
+    // The Cluster document comes first, so the first spec is its spec.
+    let cluster = text.find("kind: Cluster").expect("a Cluster document");
+    assert!(
+        text.find("\nspec:\n").is_some_and(|at| at > cluster),
+        "{file}: Cluster spec"
+    );
+    let text = text.replacen("\nspec:\n", &format!("\nspec:\n{spec_lines}"), 1);
+    let opts = LabOptions {
+        name: Some(unique_name()),
+        bin_dir: Some(bin_dir()),
+        quiet: false,
+        ..Default::default()
+    };
+    match Lab::up(sluice_lab::ClusterSource::Text(text), opts) {
+        Ok(lab) => lab.into_guard(),
+        Err(e) => panic!("lab up {file} with {spec_lines:?}: {e}"),
+    }
+}
+
 /// One probe kind against a pod's servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {

@@ -9,26 +9,7 @@ use std::time::{Duration, Instant};
 
 use sluice_e2e::matrix::*;
 use sluice_e2e::*;
-use sluice_lab::{probe, ClusterSource, Lab, LabOptions};
-
-fn kubernetes_lab() -> sluice_lab::LabGuard {
-    let text = std::fs::read_to_string(example("policy-xyz.yaml")).unwrap();
-    let text = text.replacen(
-        "  routing: native\n",
-        "  routing: native\n  source: kubernetes\n",
-        1,
-    );
-    assert!(text.contains("source: kubernetes"));
-    let opts = LabOptions {
-        name: Some(unique_name()),
-        bin_dir: Some(bin_dir()),
-        quiet: false,
-        ..Default::default()
-    };
-    Lab::up(ClusterSource::Text(text), opts)
-        .unwrap_or_else(|e| panic!("lab up with the Kubernetes source: {e}"))
-        .into_guard()
-}
+use sluice_lab::{probe, Lab};
 
 fn get_via(lab: &Lab, src: &str, vip: [u8; 4]) -> Result<String, String> {
     lab.run_in_pod(src, || {
@@ -59,7 +40,7 @@ fn the_policy_lab_works_from_a_kubernetes_api_server() {
     if !require_root("kubernetes source lab") {
         return;
     }
-    let mut guard = kubernetes_lab();
+    let mut guard = up_example_with("policy-xyz.yaml", "  source: kubernetes\n");
     let lab: &mut Lab = &mut guard;
     for node in ["node-a", "node-b"] {
         let s = lab.agent_status(node).unwrap();

@@ -8,26 +8,7 @@ use std::time::{Duration, Instant};
 
 use sluice_e2e::matrix::*;
 use sluice_e2e::*;
-use sluice_lab::{probe, ClusterSource, Lab, LabOptions};
-
-fn etcd_lab() -> sluice_lab::LabGuard {
-    let text = std::fs::read_to_string(example("policy-xyz.yaml")).unwrap();
-    let text = text.replacen(
-        "  routing: native\n",
-        "  routing: native\n  kvstore: etcd\n",
-        1,
-    );
-    assert!(text.contains("kvstore: etcd"));
-    let opts = LabOptions {
-        name: Some(unique_name()),
-        bin_dir: Some(bin_dir()),
-        quiet: false,
-        ..Default::default()
-    };
-    Lab::up(ClusterSource::Text(text), opts)
-        .unwrap_or_else(|e| panic!("lab up with kvstore etcd: {e}"))
-        .into_guard()
-}
+use sluice_lab::{probe, Lab};
 
 /// Waits until every agent's etcd session is up and knows the other node's pods.
 fn wait_kvstore(lab: &Lab, pods_per_node: usize) {
@@ -63,7 +44,7 @@ fn the_policy_lab_works_with_etcd_and_survives_an_etcd_restart() {
     if !require_root("kvstore etcd lab") {
         return;
     }
-    let mut guard = etcd_lab();
+    let mut guard = up_example_with("policy-xyz.yaml", "  kvstore: etcd\n");
     let lab: &mut Lab = &mut guard;
     // 9 pods on 2 nodes: each node sees at least the 4 of the other.
     wait_kvstore(lab, 4);

@@ -23,9 +23,31 @@ fn reachability_matrix_under_network_policies() {
     if !require_root("policy reachability matrix") {
         return;
     }
-    let lab = up_example("policy-xyz.yaml");
-    let lab: &Lab = &lab;
+    scenarios(&up_example("policy-xyz.yaml"));
+}
 
+/// The same scenarios with identities and the other node's endpoints from etcd.
+#[test]
+fn reachability_matrix_under_network_policies_with_etcd() {
+    if !require_root("policy reachability matrix (kvstore etcd)") {
+        return;
+    }
+    scenarios(&up_example_with("policy-xyz.yaml", "  kvstore: etcd\n"));
+}
+
+/// The same scenarios with desired state from an API server (slices, watches) and etcd.
+#[test]
+fn reachability_matrix_under_network_policies_from_kubernetes() {
+    if !require_root("policy reachability matrix (kubernetes source)") {
+        return;
+    }
+    scenarios(&up_example_with(
+        "policy-xyz.yaml",
+        "  source: kubernetes\n  kvstore: etcd\n",
+    ));
+}
+
+fn scenarios(lab: &Lab) {
     check(lab, "no policies", |_, _, _| true);
 
     apply(
