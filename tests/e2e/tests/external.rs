@@ -1,7 +1,8 @@
 //! Services reached from outside the cluster and the rest of their semantics, on two nodes in
 //! both routing modes: NodePort (cluster and Local policy), ExternalIP, LoadBalancer IPs,
 //! ClientIP affinity, backend removal under a live connection, fast refusal without
-//! endpoints, and no iptables/nftables rules anywhere.
+//! endpoints, and no iptables/nftables rules anywhere; once more with the Kubernetes source
+//! (backends from EndpointSlices served by the lab's stand-in API server).
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -77,14 +78,15 @@ const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const TRIES: usize = 30;
 
-fn up(routing: &str) -> LabGuard {
+fn up(routing: &str, source: &str) -> LabGuard {
     let opts = LabOptions {
         name: Some(unique_name()),
         bin_dir: Some(bin_dir()),
         quiet: true,
         ..Default::default()
     };
-    Lab::up(CLUSTER.replace("ROUTING", routing), opts)
+    let spec = format!("  routing: {routing}\n  source: {source}\n");
+    Lab::up(CLUSTER.replace("  routing: ROUTING\n", &spec), opts)
         .unwrap_or_else(|e| panic!("lab up: {e}"))
         .into_guard()
 }
@@ -128,8 +130,13 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-fn external(routing: &str) {
-    let mut lab = up(routing);
+fn external(routing: &str, source: &str) {
+    let mut lab = up(routing, source);
+    let described = lab.agent_status("node-a").unwrap().source;
+    assert!(
+        described.starts_with(source),
+        "{source}: agent reads {described}"
+    );
     for node in ["node-a", "node-b"] {
         let ip = lab.node_ip(node).unwrap();
         wait_for(&lab, node, &format!("{ip}:30080/TCP"), 2);
@@ -347,13 +354,21 @@ fn external(routing: &str) {
 #[test]
 fn native_external_traffic() {
     if require_root("native_external_traffic") {
-        external("native");
+        external("native", "files");
     }
 }
 
 #[test]
 fn vxlan_external_traffic() {
     if require_root("vxlan_external_traffic") {
-        external("vxlan");
+        external("vxlan", "files");
+    }
+}
+
+/// The same with desired state from an API server: backends from EndpointSlices.
+#[test]
+fn vxlan_external_traffic_from_kubernetes() {
+    if require_root("vxlan_external_traffic_from_kubernetes") {
+        external("vxlan", "kubernetes");
     }
 }
