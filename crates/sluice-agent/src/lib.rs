@@ -167,6 +167,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let core_metrics = agent_metrics.clone();
     let core_cfg = cfg.clone();
     let description = source.describe();
+    if cfg.source == SourceKind::Kubernetes && cfg.kvstore.kind == KvstoreKind::None {
+        tracing::warn!(
+            dir = %cfg.identity_dir().display(),
+            "no kvstore: identities are claimed in a local directory; nodes agree on a label set's number (its hash) unless two label sets collide. Use kvstore.type: etcd for cluster-wide identities"
+        );
+    }
     let runtime = tokio::runtime::Handle::current();
     let kvstore = match cfg.kvstore.kind {
         KvstoreKind::Etcd => {
