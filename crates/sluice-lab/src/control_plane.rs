@@ -88,6 +88,12 @@ pub fn start_apiserver(state: &LabState, paths: &LabPaths) -> Result<u32> {
     )
 }
 
+fn runs(pid: u32, program: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(program))
+        .unwrap_or(false)
+}
+
 fn which(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
@@ -155,9 +161,10 @@ fn start_in_underlay(
     Ok(pid)
 }
 
-/// Stops a control-plane process (SIGKILL: as abrupt as a crash); etcd keeps its data.
-pub fn kill(pid: Option<u32>) -> Result<()> {
-    if let Some(pid) = pid {
+/// Stops a control-plane process (SIGKILL: as abrupt as a crash); etcd keeps its data. Only
+/// if `pid` still runs a command line containing `program` (the pid may have been reused).
+pub fn kill(pid: Option<u32>, program: &str) -> Result<()> {
+    if let Some(pid) = pid.filter(|pid| runs(*pid, program)) {
         process::signal(pid, nix::sys::signal::Signal::SIGKILL)
             .map_err(io(format!("kill pid {pid}")))?;
         process::wait_until(Duration::from_secs(10), || !process::alive(pid, None));

@@ -92,6 +92,17 @@ pub fn down(name: &str, quiet: bool) -> Result<DownReport> {
         }
     }
 
+    // The control plane by pid too, in case its cgroup is gone.
+    if let Some(state) = &state {
+        for (pid, program) in [
+            (state.etcd_pid, "etcd"),
+            (state.apiserver_pid, "api-server"),
+        ] {
+            if let Err(e) = crate::control_plane::kill(pid, program) {
+                report.warnings.push(e.to_string());
+            }
+        }
+    }
     // Every process of the lab is in its cgroup.
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Some(r) = state.as_ref().and_then(|s| s.cgroup_root.clone()) {

@@ -328,7 +328,7 @@ impl Lab {
     /// with its data. An error when the lab has no kvstore.
     pub fn kill_etcd(&mut self) -> Result<()> {
         self.require_etcd()?;
-        crate::control_plane::kill(self.state.etcd_pid)?;
+        crate::control_plane::kill(self.state.etcd_pid, "etcd")?;
         self.state.etcd_pid = None;
         self.state.save(&self.paths)
     }
@@ -344,7 +344,7 @@ impl Lab {
     /// brings it back. An error when the lab's source is files.
     pub fn kill_apiserver(&mut self) -> Result<()> {
         self.require_apiserver()?;
-        crate::control_plane::kill(self.state.apiserver_pid)?;
+        crate::control_plane::kill(self.state.apiserver_pid, "api-server")?;
         self.state.apiserver_pid = None;
         self.state.save(&self.paths)
     }
