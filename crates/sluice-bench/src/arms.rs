@@ -390,10 +390,13 @@ pub fn kube_proxy_arm(arm: Arm, n: usize, s: &Settings) -> Result<Measurement, S
     Ok(m)
 }
 
-/// The one-node lab the sluice arms run in: a client and three backends behind VIP:80.
-fn cluster_file(name: &str, socket_lb: bool) -> String {
+/// The one-node lab the sluice arms run in: a client and three backends behind VIP:80, with
+/// service maps sized for `max_services` background Services (a frontend and two backend
+/// slots each).
+fn cluster_file(name: &str, socket_lb: bool, max_services: usize) -> String {
+    let lb_slots = (3 * max_services + 1024).next_power_of_two().max(65_536);
     let mut text = format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: {name}}}\nspec:\n  routing: native\n  underlay: 192.168.77.0/24\n  socketLb: {socket_lb}\n  nodes: [{{name: node-a, podCIDR: 10.250.0.0/24}}]\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: bench}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: bench}}\nspec: {{containers: [{{name: c, image: none}}]}}\n"
+        "apiVersion: sluice.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: {name}}}\nspec:\n  routing: native\n  underlay: 192.168.77.0/24\n  socketLb: {socket_lb}\n  maps: {{lbSlots: {lb_slots}, backends: 16384, conntrack: 65536, policy: 16384}}\n  nodes: [{{name: node-a, podCIDR: 10.250.0.0/24}}]\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: bench}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: bench}}\nspec: {{containers: [{{name: c, image: none}}]}}\n"
     );
     for i in 0..3 {
         // The background Services select b1 and b2: two endpoints each.
@@ -473,7 +476,12 @@ pub fn sluice_arm(
         ..Default::default()
     };
     let lab = sluice_lab::Lab::up(
-        cluster_file(&name, arm != Arm::SluiceNoSocketLb).as_str(),
+        cluster_file(
+            &name,
+            arm != Arm::SluiceNoSocketLb,
+            ns.iter().copied().max().unwrap_or(0),
+        )
+        .as_str(),
         opts,
     )
     .map_err(|e| format!("lab for {}: {e}", arm.name()))?

@@ -109,7 +109,15 @@ pub fn ns_per_packet(n: usize, repeat: u32, prefix: &str) -> Result<f64, String>
     sluice_datapath::features::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))
         .map_err(|e| e.to_string())?;
     let pin = PathBuf::from(format!("/sys/fs/bpf/{prefix}bpf"));
-    let dp = Datapath::load(&pin).map_err(|e| format!("loading the datapath: {e}"))?;
+    // Every background Service has its own two backends here: size the maps for N.
+    let defaults = sluice_datapath::MapSizes::default();
+    let sizes = sluice_datapath::MapSizes {
+        lb_slots: defaults.lb_slots.max((3 * n as u32 + 64).next_power_of_two()),
+        backends: defaults.backends.max((2 * n as u32 + 64).next_power_of_two()),
+        ..defaults
+    };
+    let dp = Datapath::load_with_sizes(&pin, &sizes)
+        .map_err(|e| format!("loading the datapath: {e}"))?;
     let mut s = Scratch { dp, pin };
     let client = EndpointInfo {
         ifindex: 1,

@@ -41,13 +41,14 @@ pub fn config(state: &LabState, paths: &LabPaths, node: &str) -> AgentConfig {
         vxlan_port: 8472,
         underlay_mtu: None,
         maglev_table_size: 16381,
-        // Small maps: a lab runs several nodes (and labs) on one machine.
-        maps: sluice_api::config::MapSizes {
+        // Small maps unless the cluster file says: a lab runs several nodes (and labs) on
+        // one machine.
+        maps: state.maps.unwrap_or(sluice_api::config::MapSizes {
             lb_slots: 65_536,
             backends: 16_384,
             conntrack: 65_536,
             policy: 16_384,
-        },
+        }),
         // Each node has its own network namespace, so every agent can use the same port.
         metrics_address: "127.0.0.1:9962".into(),
         // Never the host's root cgroup: without a lab cgroup, no socket-LB.

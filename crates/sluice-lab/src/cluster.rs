@@ -37,6 +37,7 @@ pub struct Cluster {
     pub events_buffer_bytes: u32,
     pub kvstore: KvstoreKind,
     pub source: SourceKind,
+    pub maps: Option<sluice_api::config::MapSizes>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -47,6 +47,9 @@ pub struct LabState {
     pub source: sluice_api::config::SourceKind,
     #[serde(default)]
     pub apiserver_pid: Option<u32>,
+    /// The agents' map capacities when the cluster file set them.
+    #[serde(default)]
+    pub maps: Option<sluice_api::config::MapSizes>,
 }
 
 fn four_mib() -> u32 {

@@ -131,6 +131,7 @@ fn initial_state(cluster: &Cluster, name: &str, bin_dir: PathBuf) -> LabState {
         etcd_pid: None,
         source: cluster.source,
         apiserver_pid: None,
+        maps: cluster.maps,
     }
 }
 

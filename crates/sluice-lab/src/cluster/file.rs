@@ -53,6 +53,10 @@ pub struct ClusterSpec {
     /// `kubernetes` (a stand-in API server serving that directory, with EndpointSlices).
     #[serde(default)]
     pub source: Option<String>,
+    /// Capacities of each agent's maps (as in the agent's `maps`); default small ones, since a
+    /// lab runs several agents on one machine.
+    #[serde(default)]
+    pub maps: Option<sluice_api::config::MapSizes>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -72,6 +72,20 @@ pub fn cluster(docs: Vec<Value>) -> Result<Cluster, ClusterError> {
             KvstoreKind::None
         }
     };
+    if let Some(m) = &doc.spec.maps {
+        for (field, value) in [
+            ("lbSlots", m.lb_slots),
+            ("backends", m.backends),
+            ("conntrack", m.conntrack),
+            ("policy", m.policy),
+        ] {
+            if !(16..=1 << 24).contains(&value) {
+                p.push(format!(
+                    "spec.maps.{field}: {value} is outside 16..=16777216"
+                ));
+            }
+        }
+    }
     let source = match doc.spec.source.as_deref().unwrap_or("files") {
         "files" => SourceKind::Files,
         "kubernetes" => SourceKind::Kubernetes,
@@ -160,6 +174,7 @@ pub fn cluster(docs: Vec<Value>) -> Result<Cluster, ClusterError> {
         events_buffer_bytes,
         kvstore,
         source,
+        maps: doc.spec.maps,
     })
 }
 
