@@ -112,8 +112,12 @@ pub fn ns_per_packet(n: usize, repeat: u32, prefix: &str) -> Result<f64, String>
     // Every background Service has its own two backends here: size the maps for N.
     let defaults = sluice_datapath::MapSizes::default();
     let sizes = sluice_datapath::MapSizes {
-        lb_slots: defaults.lb_slots.max((3 * n as u32 + 64).next_power_of_two()),
-        backends: defaults.backends.max((2 * n as u32 + 64).next_power_of_two()),
+        lb_slots: defaults
+            .lb_slots
+            .max((3 * n as u32 + 64).next_power_of_two()),
+        backends: defaults
+            .backends
+            .max((2 * n as u32 + 64).next_power_of_two()),
         ..defaults
     };
     let dp = Datapath::load_with_sizes(&pin, &sizes)

@@ -325,6 +325,41 @@ fn monitor_aggregation_is_medium_unless_set_to_none() {
 }
 
 #[test]
+fn control_plane_and_map_switches_are_checked() {
+    use sluice_api::config::{KvstoreKind, SourceKind};
+    let c = Cluster::parse(HEAD).unwrap();
+    assert_eq!(
+        (c.kvstore, c.source, c.maps),
+        (KvstoreKind::None, SourceKind::Files, None)
+    );
+    let on =
+        format!("{HEAD}  kvstore: etcd\n  source: kubernetes\n  maps: {{ lbSlots: 262144 }}\n");
+    let c = Cluster::parse(&on).unwrap();
+    assert_eq!(
+        (c.kvstore, c.source),
+        (KvstoreKind::Etcd, SourceKind::Kubernetes)
+    );
+    let maps = c.maps.unwrap();
+    assert_eq!(maps.lb_slots, 262_144);
+    assert_eq!(
+        maps.backends,
+        sluice_api::config::MapSizes::default().backends
+    );
+    assert_problem(
+        &format!("{HEAD}  kvstore: consul\n"),
+        &["spec.kvstore", "\"consul\""],
+    );
+    assert_problem(
+        &format!("{HEAD}  source: api\n"),
+        &["spec.source", "\"api\""],
+    );
+    assert_problem(
+        &format!("{HEAD}  maps: {{ lbSlots: 8 }}\n"),
+        &["spec.maps.lbSlots", "8"],
+    );
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let text = HEAD
         .replace("10.10.1.0/24", "10.0.0.0/33")
