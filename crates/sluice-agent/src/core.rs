@@ -171,6 +171,7 @@ impl Core {
             problems.push(format!("keeping the last valid policies: {e}"));
         }
         self.source_connected = snapshot.connected;
+        let changed = snapshot.changed;
         if snapshot.connected {
             self.last_sync = Some(std::time::SystemTime::now());
         }
@@ -181,13 +182,17 @@ impl Core {
         self.source_problems = problems;
         let old = std::mem::replace(&mut self.desired, desired);
         self.reconcile_nodes();
-        self.reconcile_services(self.services_synced.then_some(&old));
+        self.reconcile_services(self.services_synced.then_some(&old), changed.as_ref());
         self.reconcile_policy();
         self.refresh_flow_directory();
     }
 
     /// `old`: the state the maps were last reconciled to, when they were.
-    fn reconcile_services(&mut self, old: Option<&DesiredState>) {
+    fn reconcile_services(
+        &mut self,
+        old: Option<&DesiredState>,
+        changed: Option<&sluice_model::ChangedObjects>,
+    ) {
         // NodePorts and Local traffic policies need to know which node this is.
         let Some(node) = &self.node else { return };
         let view = sluice_model::lb::NodeView {
@@ -196,7 +201,9 @@ impl Core {
         };
         let started = Instant::now();
         self.service_problems.clear();
-        let result = self.lb.reconcile(&mut self.dp, old, &self.desired, view);
+        let result = self
+            .lb
+            .reconcile(&mut self.dp, old, &self.desired, view, changed);
         self.metrics
             .observe_reconcile("services", started.elapsed());
         // A failed or partial pass leaves the maps behind `desired`: the next one starts over

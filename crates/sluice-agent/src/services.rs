@@ -11,9 +11,10 @@ use sluice_datapath::abi::{
 };
 use sluice_datapath::Datapath;
 use sluice_model::lb::{
-    affected_services, lb_entries, lb_entries_for, Frontend, FrontendOrigin, LbEntry, NodeView,
+    affected_services, affected_services_by, lb_entries, lb_entries_for, Frontend, FrontendOrigin,
+    LbEntry, NodeView,
 };
-use sluice_model::{diff_maps, DesiredState, Protocol};
+use sluice_model::{diff_maps, ChangedObjects, DesiredState, Protocol};
 
 type BackendAddr = (Ipv4Addr, u16, Protocol);
 
@@ -231,13 +232,19 @@ impl LbState {
         old: Option<&DesiredState>,
         new: &DesiredState,
         node: NodeView,
+        changed: Option<&ChangedObjects>,
     ) -> Result<Reconciled, String> {
         let node_key = (node.name.to_string(), node.address);
         let incremental = old.filter(|_| self.node.as_ref() == Some(&node_key));
         self.node = Some(node_key);
         let (desired, current) = match incremental {
             Some(old) => {
-                let scope = affected_services(old, new);
+                // The source's change list when it has one: no comparing 20k Services to
+                // find the one that changed.
+                let scope = match changed {
+                    Some(changed) => affected_services_by(changed, old, new),
+                    None => affected_services(old, new),
+                };
                 let desired = lb_entries_for(
                     new,
                     Some(node),

@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use crate::manifest::{ChangedObjects, ObjectKind};
 use crate::service::{
     backends_for, usable_backends, Backend, Protocol, ServiceInfo, ServicePortInfo, ServiceType,
 };
-use crate::state::DesiredState;
+use crate::state::{DesiredState, PodInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
@@ -161,15 +162,53 @@ pub fn affected_services(old: &DesiredState, new: &DesiredState) -> BTreeSet<Str
         .chain(pods.removed.iter().map(|(_, p)| *p))
         .chain(pods.changed.iter().flat_map(|(_, a, b)| [*a, *b]));
     for pod in touched {
-        // Keys are "namespace/name": the services of one namespace are one range.
-        let from = format!("{}/", pod.namespace);
-        let to = format!("{}0", pod.namespace);
-        for (key, svc) in new.services.range(from..to) {
-            let matches = svc.selector.as_ref().is_some_and(|sel| {
-                !sel.is_empty() && sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
-            });
-            if matches {
-                out.insert(key.clone());
+        add_selecting(new, pod, &mut out);
+    }
+    out
+}
+
+/// Services of `pod`'s namespace whose selector matches it (keys are "namespace/name", so a
+/// namespace's services are one range).
+fn add_selecting(state: &DesiredState, pod: &PodInfo, out: &mut BTreeSet<String>) {
+    let from = format!("{}/", pod.namespace);
+    let to = format!("{}0", pod.namespace);
+    for (key, svc) in state.services.range(from..to) {
+        let matches = svc.selector.as_ref().is_some_and(|sel| {
+            !sel.is_empty() && sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+        });
+        if matches {
+            out.insert(key.clone());
+        }
+    }
+}
+
+/// Like `affected_services`, but from the source's list of changed objects instead of
+/// comparing every object: O(changes). Returns a superset of what `affected_services` finds
+/// when `changed` lists every object that differs.
+pub fn affected_services_by(
+    changed: &ChangedObjects,
+    old: &DesiredState,
+    new: &DesiredState,
+) -> BTreeSet<String> {
+    if old.endpoints_from_slices != new.endpoints_from_slices {
+        return affected_services(old, new);
+    }
+    let mut out: BTreeSet<String> = changed
+        .keys(ObjectKind::Service)
+        .map(str::to_string)
+        .collect();
+    for key in changed.keys(ObjectKind::EndpointSlice) {
+        for slice in [old.endpoint_slices.get(key), new.endpoint_slices.get(key)]
+            .into_iter()
+            .flatten()
+        {
+            out.insert(slice.service.clone());
+        }
+    }
+    if !new.endpoints_from_slices {
+        for key in changed.keys(ObjectKind::Pod) {
+            for pod in [old.pods.get(key), new.pods.get(key)].into_iter().flatten() {
+                add_selecting(new, pod, &mut out);
             }
         }
     }
@@ -416,12 +455,16 @@ status: {phase: Running, podIP: 10.0.1.2}
 #[cfg(test)]
 mod incremental_tests {
     use super::*;
-    use crate::manifest::parse_manifests;
+    use crate::manifest::{parse_manifests, Object};
     use proptest::prelude::*;
 
     /// A small cluster from choices: services select on `app`, pods carry an `app` label,
     /// everything in two namespaces.
     fn state(services: &[(u8, u8, bool)], pods: &[(u8, u8, u8, bool)]) -> DesiredState {
+        DesiredState::build(&objects(services, pods)).0
+    }
+
+    fn objects(services: &[(u8, u8, bool)], pods: &[(u8, u8, u8, bool)]) -> Vec<Object> {
         let mut text = String::new();
         for (i, (ns, app, local)) in services.iter().enumerate() {
             text += &format!(
@@ -437,7 +480,27 @@ mod incremental_tests {
                 i + 1
             );
         }
-        DesiredState::build(&parse_manifests("t", &text).unwrap()).0
+        parse_manifests("t", &text).unwrap()
+    }
+
+    /// What a source would report: every key whose object differs, appeared or went away.
+    fn changed_between(old: &[Object], new: &[Object]) -> ChangedObjects {
+        let index = |objects: &[Object]| -> BTreeMap<(ObjectKind, String), Object> {
+            objects
+                .iter()
+                .filter_map(|o| Some((o.key()?, o.clone())))
+                .collect()
+        };
+        let (a, b) = (index(old), index(new));
+        let diff = crate::diff_maps(&a, &b);
+        ChangedObjects(
+            diff.added
+                .iter()
+                .map(|(k, _)| (*k).clone())
+                .chain(diff.removed.iter().map(|(k, _)| (*k).clone()))
+                .chain(diff.changed.iter().map(|(k, _, _)| (*k).clone()))
+                .collect(),
+        )
     }
 
     fn services() -> impl Strategy<Value = Vec<(u8, u8, bool)>> {
@@ -463,6 +526,23 @@ mod incremental_tests {
             patched.retain(|_, (_, origin)| !affected.contains(&origin.service));
             let changed = affected.iter().filter_map(|k| new.services.get(k));
             patched.extend(lb_entries_for(&new, node, changed));
+            prop_assert_eq!(patched, lb_entries(&new, node));
+        }
+
+        /// The source's change list finds every service the full comparison finds, and
+        /// recomputing just those gives the full rebuild's frontends.
+        #[test]
+        fn the_change_list_finds_every_affected_service(
+            s1 in services(), p1 in pods(), s2 in services(), p2 in pods(),
+        ) {
+            let node = Some(NodeView { name: "node0", address: Ipv4Addr::new(192, 168, 0, 1) });
+            let (o1, o2) = (objects(&s1, &p1), objects(&s2, &p2));
+            let (old, new) = (DesiredState::build(&o1).0, DesiredState::build(&o2).0);
+            let hinted = affected_services_by(&changed_between(&o1, &o2), &old, &new);
+            prop_assert!(hinted.is_superset(&affected_services(&old, &new)));
+            let mut patched = lb_entries(&old, node);
+            patched.retain(|_, (_, origin)| !hinted.contains(&origin.service));
+            patched.extend(lb_entries_for(&new, node, hinted.iter().filter_map(|k| new.services.get(k))));
             prop_assert_eq!(patched, lb_entries(&new, node));
         }
     }

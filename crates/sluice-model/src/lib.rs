@@ -20,7 +20,7 @@ pub use identity::{
     IdentityLabels, IdentityStore, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_REMOTE_NODE,
     IDENTITY_WORLD,
 };
-pub use manifest::{parse_manifests, Object};
+pub use manifest::{parse_manifests, ChangedObjects, Object, ObjectKind};
 pub use node::NodeInfo;
 pub use policy::{
     endpoint_policy, port_range_prefixes, simulate, trace, AddressKind, Direction,

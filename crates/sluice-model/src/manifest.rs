@@ -15,6 +15,61 @@ pub enum Object {
     Other { api_version: String, kind: String },
 }
 
+impl Object {
+    /// Kind and "namespace/name" (namespaced kinds; namespace defaults to `default`) or name,
+    /// as the desired state keys it; None for kinds sluice ignores or objects without a name.
+    pub fn key(&self) -> Option<(ObjectKind, String)> {
+        let (kind, meta, namespaced) = match self {
+            Object::Node(o) => (ObjectKind::Node, &o.metadata, false),
+            Object::Namespace(o) => (ObjectKind::Namespace, &o.metadata, false),
+            Object::Pod(o) => (ObjectKind::Pod, &o.metadata, true),
+            Object::Service(o) => (ObjectKind::Service, &o.metadata, true),
+            Object::EndpointSlice(o) => (ObjectKind::EndpointSlice, &o.metadata, true),
+            Object::NetworkPolicy(o) => (ObjectKind::NetworkPolicy, &o.metadata, true),
+            Object::Other { .. } => return None,
+        };
+        let name = meta.name.as_deref()?;
+        Some((
+            kind,
+            if namespaced {
+                format!("{}/{name}", meta.namespace.as_deref().unwrap_or("default"))
+            } else {
+                name.to_string()
+            },
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    Node,
+    Namespace,
+    Pod,
+    Service,
+    EndpointSlice,
+    NetworkPolicy,
+}
+
+/// The objects that may differ between two snapshots of a source (a superset is fine; a
+/// missing key is not). Lets a reconcile look at what changed instead of comparing all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangedObjects(pub std::collections::BTreeSet<(ObjectKind, String)>);
+
+impl ChangedObjects {
+    pub fn note(&mut self, object: &Object) {
+        if let Some(key) = object.key() {
+            self.0.insert(key);
+        }
+    }
+
+    pub fn keys(&self, kind: ObjectKind) -> impl Iterator<Item = &str> + '_ {
+        self.0
+            .iter()
+            .filter(move |(k, _)| *k == kind)
+            .map(|(_, key)| key.as_str())
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ManifestError {
     #[error("{origin}: not valid YAML: {message}")]

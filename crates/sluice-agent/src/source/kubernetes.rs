@@ -16,7 +16,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
 use sluice_api::config::KubernetesConfig;
-use sluice_model::Object;
+use sluice_model::{ChangedObjects, Object};
 use tokio::sync::Notify;
 
 use super::{Snapshot, Source};
@@ -106,6 +106,11 @@ struct Stores {
     kinds: BTreeMap<&'static str, KindState>,
     /// Bumped whenever a snapshot would differ (objects or errors).
     version: u64,
+    /// Objects changed by watch events since the last snapshot sent.
+    changed: ChangedObjects,
+    /// A relist happened since then (its differences are not itemised) or nothing was sent
+    /// yet: the next snapshot says "unknown".
+    unitemised: bool,
 }
 
 struct Shared {
@@ -118,7 +123,10 @@ struct Shared {
 /// like every pod gone). Returns when `tx` closes.
 pub async fn watch_all(client: Client, tx: mpsc::Sender<Snapshot>) {
     let shared = Arc::new(Shared {
-        stores: Mutex::new(Stores::default()),
+        stores: Mutex::new(Stores {
+            unitemised: true,
+            ..Default::default()
+        }),
         changed: Notify::new(),
     });
     let mut tasks = vec![
@@ -146,12 +154,12 @@ pub async fn watch_all(client: Client, tx: mpsc::Sender<Snapshot>) {
         shared.changed.notified().await;
         tokio::time::sleep(SETTLE).await;
         let snapshot = {
-            let stores = shared.stores.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stores = shared.stores.lock().unwrap_or_else(|p| p.into_inner());
             if stores.version == sent {
                 continue;
             }
             sent = stores.version;
-            snapshot_of(&stores)
+            snapshot_of(&mut stores)
         };
         let Some(snapshot) = snapshot else { continue };
         if tx.send(snapshot).is_err() {
@@ -187,11 +195,13 @@ async fn probe_while_failing(client: Client, shared: Arc<Shared>) {
     }
 }
 
-fn snapshot_of(stores: &Stores) -> Option<Snapshot> {
+fn snapshot_of(stores: &mut Stores) -> Option<Snapshot> {
     let all_listed = stores.kinds.len() == WATCHED.len() && stores.kinds.values().all(|k| k.synced);
     if !all_listed {
         return None;
     }
+    let changed = std::mem::take(&mut stores.changed);
+    let changed = (!std::mem::take(&mut stores.unitemised)).then_some(changed);
     let problems: Vec<String> = stores
         .kinds
         .values()
@@ -205,6 +215,7 @@ fn snapshot_of(stores: &Stores) -> Option<Snapshot> {
             .flat_map(|k| k.objects.values().cloned())
             .collect(),
         problems,
+        changed,
     })
 }
 
@@ -244,7 +255,12 @@ async fn follow<K: ResourceExt>(
     let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
         let mut stores = shared.stores.lock().unwrap_or_else(|p| p.into_inner());
-        let Stores { kinds, version } = &mut *stores;
+        let Stores {
+            kinds,
+            version,
+            changed: keys,
+            unitemised,
+        } = &mut *stores;
         let state = kinds.entry(kind).or_default();
         let mut changed = false;
         match item {
@@ -266,15 +282,22 @@ async fn follow<K: ResourceExt>(
                         if let Some(listed) = state.relisting.take() {
                             state.objects = listed;
                         }
+                        *unitemised = true;
                         state.synced = true;
                         changed = true;
                     }
                     Event::Apply(o) => {
-                        state.objects.insert(object_key(&o), to_object(o));
+                        let key = object_key(&o);
+                        let object = to_object(o);
+                        keys.note(&object);
+                        state.objects.insert(key, object);
                         changed = true;
                     }
                     Event::Delete(o) => {
-                        changed |= state.objects.remove(&object_key(&o)).is_some();
+                        if let Some(gone) = state.objects.remove(&object_key(&o)) {
+                            keys.note(&gone);
+                            changed = true;
+                        }
                     }
                 }
             }

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
-use sluice_model::{parse_manifests, Object};
+use sluice_model::{parse_manifests, ChangedObjects, Object};
 
 use super::{Snapshot, Source};
 
@@ -43,8 +43,10 @@ impl Scanner {
     fn scan(&mut self) -> Option<Snapshot> {
         let mut problems = Vec::new();
         let mut seen = Vec::new();
-        let mut changed = self.files.is_empty();
+        let first = self.files.is_empty();
+        let mut changed = first;
         let mut connected = true;
+        let mut keys = ChangedObjects::default();
         match std::fs::read_dir(&self.dir) {
             Err(e) => {
                 connected = false;
@@ -77,6 +79,9 @@ impl Scanner {
                             parse_manifests(&origin, &text).map_err(|e| e.to_string())
                         });
                     let previous = self.files.remove(&path);
+                    for o in previous.iter().flat_map(|p| &p.objects) {
+                        keys.note(o);
+                    }
                     let state = match parsed {
                         Ok(objects) => FileState {
                             signature,
@@ -90,11 +95,19 @@ impl Scanner {
                             problem: Some(problem),
                         },
                     };
+                    for o in &state.objects {
+                        keys.note(o);
+                    }
                     self.files.insert(path, state);
                 }
             }
         }
         let before = self.files.len();
+        for (_, gone) in self.files.iter().filter(|(path, _)| !seen.contains(path)) {
+            for o in &gone.objects {
+                keys.note(o);
+            }
+        }
         self.files.retain(|path, _| seen.contains(path));
         changed |= self.files.len() != before;
         if !changed && problems.is_empty() {
@@ -109,6 +122,7 @@ impl Scanner {
             objects,
             problems,
             connected,
+            changed: (!first).then_some(keys),
         })
     }
 }
@@ -142,7 +156,10 @@ impl Source for ManifestDir {
         };
         let mut last: Option<Snapshot> = None;
         loop {
-            if let Some(snapshot) = scanner.scan().filter(|s| last.as_ref() != Some(s)) {
+            if let Some(snapshot) = scanner
+                .scan()
+                .filter(|s| !last.as_ref().is_some_and(|l| l.same_state(s)))
+            {
                 if tx.send(snapshot.clone()).is_err() {
                     return;
                 }
@@ -202,6 +219,40 @@ mod tests {
         assert!(
             third.objects.is_empty(),
             "a removed file removes its objects"
+        );
+    }
+
+    #[test]
+    fn snapshots_list_the_objects_of_changed_files() {
+        use sluice_model::ObjectKind;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nodes.yaml"), NODE).unwrap();
+        let svc = |ip: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: x}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n")
+        };
+        std::fs::write(dir.path().join("svc.yaml"), svc("10.96.0.1")).unwrap();
+        let mut scanner = Scanner {
+            dir: dir.path().into(),
+            files: BTreeMap::new(),
+        };
+        assert_eq!(
+            scanner.scan().unwrap().changed,
+            None,
+            "the first scan cannot itemise"
+        );
+        // A different length makes the signature differ even within one mtime tick.
+        std::fs::write(dir.path().join("svc.yaml"), svc("10.96.0.100")).unwrap();
+        let changed = scanner.scan().unwrap().changed.unwrap();
+        assert_eq!(
+            changed.0.into_iter().collect::<Vec<_>>(),
+            vec![(ObjectKind::Service, "x/web".to_string())],
+            "only the changed file's objects"
+        );
+        std::fs::remove_file(dir.path().join("nodes.yaml")).unwrap();
+        let changed = scanner.scan().unwrap().changed.unwrap();
+        assert_eq!(
+            changed.0.into_iter().collect::<Vec<_>>(),
+            vec![(ObjectKind::Node, "a".to_string())]
         );
     }
 

@@ -18,6 +18,18 @@ pub struct Snapshot {
     /// The source could read its origin this time (the API server answered, the directory
     /// was readable); when false, `objects` is the last state it read.
     pub connected: bool,
+    /// The objects that may differ from the previous snapshot; None when the source cannot
+    /// tell (the first snapshot, a relist), and then everything is compared.
+    pub changed: Option<sluice_model::ChangedObjects>,
+}
+
+impl Snapshot {
+    /// Same objects, problems and connectivity (the change list aside).
+    pub fn same_state(&self, other: &Snapshot) -> bool {
+        self.objects == other.objects
+            && self.problems == other.problems
+            && self.connected == other.connected
+    }
 }
 
 /// The source the configuration names. The Kubernetes client is built here (bad kubeconfig

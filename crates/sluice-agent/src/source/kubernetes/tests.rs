@@ -285,6 +285,7 @@ async fn the_initial_lists_become_one_snapshot_of_every_kind() {
         "the first snapshot waits for every list"
     );
     assert!(first.connected && first.problems.is_empty());
+    assert_eq!(first.changed, None, "the first snapshot cannot itemise");
     let (state, problems) = DesiredState::build(&first.objects);
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(state.nodes["n1"].pod_cidr.to_string(), "10.1.0.0/24");
@@ -303,8 +304,14 @@ async fn watch_events_add_change_and_remove_objects_and_bookmarks_change_nothing
     wait_watching(&api, &["pods", "services", "endpointslices"]).await;
 
     api.event("pods", watch_event("ADDED", pod("c", "10.1.0.7", "web")));
-    run.until("pod c added", |_, s| s.pods.contains_key("x/c"))
+    let added = run
+        .until("pod c added", |_, s| s.pods.contains_key("x/c"))
         .await;
+    assert_eq!(
+        added.changed.map(|c| c.0.into_iter().collect::<Vec<_>>()),
+        Some(vec![(sluice_model::ObjectKind::Pod, "x/c".to_string())]),
+        "a watch event itemises its object"
+    );
 
     let mut moved = pod("a", "10.1.0.5", "web");
     moved["metadata"]["labels"]["app"] = json!("api");
@@ -375,6 +382,10 @@ async fn gone_makes_the_watcher_relist_and_the_list_replaces_the_store() {
     assert!(
         api.lists("pods") > lists_before,
         "410 Gone caused a new list"
+    );
+    assert_eq!(
+        after.changed, None,
+        "a relist's differences are not itemised"
     );
     assert_eq!(kinds(&after)["Service"], 1, "other kinds are untouched");
 }
