@@ -17,6 +17,9 @@ use tokio::sync::oneshot;
 use crate::source::Snapshot;
 use crate::store::{Record, Store};
 
+/// Snapshots slower than this log where their time went.
+const SLOW_SNAPSHOT: std::time::Duration = std::time::Duration::from_millis(20);
+
 pub enum Command {
     Api(Request, oneshot::Sender<Response>),
     Snapshot(Snapshot),
@@ -161,15 +164,24 @@ impl Core {
     }
 
     fn apply_snapshot(&mut self, snapshot: Snapshot) {
+        let started = Instant::now();
+        let mut steps: Vec<(&str, std::time::Duration)> = Vec::new();
+        let mut step = |name, since: &mut Instant| {
+            steps.push((name, since.elapsed()));
+            *since = Instant::now();
+        };
+        let mut at = Instant::now();
         // An invalid policy keeps its last valid version (kept on disk, so across restarts
         // too): never fail open or closed on a typo.
         let (mut desired, mut problems) =
             DesiredState::build_with_previous(&snapshot.objects, &self.kept.as_previous());
+        step("build", &mut at);
         desired.endpoints_from_slices =
             self.cfg.source == sluice_api::config::SourceKind::Kubernetes;
         if let Err(e) = self.kept.update(&snapshot.objects, &desired) {
             problems.push(format!("keeping the last valid policies: {e}"));
         }
+        step("kept-policies", &mut at);
         self.source_connected = snapshot.connected;
         let changed = snapshot.changed;
         if snapshot.connected {
@@ -182,9 +194,30 @@ impl Core {
         self.source_problems = problems;
         let old = std::mem::replace(&mut self.desired, desired);
         self.reconcile_nodes();
+        step("nodes", &mut at);
         self.reconcile_services(self.services_synced.then_some(&old), changed.as_ref());
+        step("services", &mut at);
         self.reconcile_policy();
+        step("policy", &mut at);
         self.refresh_flow_directory();
+        step("flow-directory", &mut at);
+        drop(old);
+        step("drop-old", &mut at);
+        let total = started.elapsed();
+        self.metrics.observe_reconcile("snapshot", total);
+        // Where a slow snapshot's time went, for whoever wonders why a change took long.
+        if total > SLOW_SNAPSHOT {
+            let parts: Vec<String> = steps
+                .iter()
+                .map(|(name, d)| format!("{name} {:.1}", d.as_secs_f64() * 1e3))
+                .collect();
+            tracing::info!(
+                objects = snapshot.objects.len(),
+                ms = total.as_secs_f64() * 1e3,
+                steps = %parts.join(", "),
+                "slow snapshot"
+            );
+        }
     }
 
     /// `old`: the state the maps were last reconciled to, when they were.
