@@ -154,16 +154,20 @@ impl Source for ManifestDir {
             dir: self.dir.clone(),
             files: BTreeMap::new(),
         };
-        let mut last: Option<Snapshot> = None;
+        // Problems and connectivity of the last snapshot sent: a rescan that changed no
+        // object and reports the same problems (a file that stays broken) sends nothing.
+        // Objects are never compared: the change list says whether they differ.
+        let mut last: Option<(Vec<String>, bool)> = None;
         loop {
-            if let Some(snapshot) = scanner
-                .scan()
-                .filter(|s| !last.as_ref().is_some_and(|l| l.same_state(s)))
-            {
-                if tx.send(snapshot.clone()).is_err() {
-                    return;
+            if let Some(snapshot) = scanner.scan() {
+                let nothing_new = snapshot.changed.as_ref().is_some_and(|c| c.0.is_empty())
+                    && last.as_ref() == Some(&(snapshot.problems.clone(), snapshot.connected));
+                if !nothing_new {
+                    last = Some((snapshot.problems.clone(), snapshot.connected));
+                    if tx.send(snapshot).is_err() {
+                        return;
+                    }
                 }
-                last = Some(snapshot);
             }
             match wake_rx.recv_timeout(RESCAN) {
                 Ok(()) => {

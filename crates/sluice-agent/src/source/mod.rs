@@ -23,15 +23,6 @@ pub struct Snapshot {
     pub changed: Option<sluice_model::ChangedObjects>,
 }
 
-impl Snapshot {
-    /// Same objects, problems and connectivity (the change list aside).
-    pub fn same_state(&self, other: &Snapshot) -> bool {
-        self.objects == other.objects
-            && self.problems == other.problems
-            && self.connected == other.connected
-    }
-}
-
 /// The source the configuration names. The Kubernetes client is built here (bad kubeconfig
 /// fails the start); the first request is made when the source runs.
 pub async fn open(cfg: &sluice_api::config::AgentConfig) -> anyhow::Result<Box<dyn Source>> {
