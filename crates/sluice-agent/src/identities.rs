@@ -41,7 +41,7 @@ impl IdentityAllocator {
         if let Some(id) = self.known.get(labels) {
             return Ok(*id);
         }
-        let id = allocate(&mut StoreRef(self.store.as_mut()), labels).map_err(|e| e.to_string())?;
+        let id = allocate(self.store.as_mut(), labels).map_err(|e| e.to_string())?;
         self.known.insert(labels.clone(), id);
         Ok(id)
     }
@@ -54,16 +54,6 @@ impl IdentityAllocator {
     /// Labels of an identity this agent has resolved.
     pub fn labels_of(&self, id: u32) -> Option<&IdentityLabels> {
         self.known.iter().find(|(_, v)| **v == id).map(|(k, _)| k)
-    }
-}
-
-/// `allocate` takes a sized store.
-struct StoreRef<'a>(&'a mut (dyn IdentityStore<Error = String> + Send));
-
-impl IdentityStore for StoreRef<'_> {
-    type Error = String;
-    fn claim(&mut self, id: u32, key: &str) -> Result<Claim, String> {
-        self.0.claim(id, key)
     }
 }
 

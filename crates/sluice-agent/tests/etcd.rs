@@ -262,15 +262,10 @@ fn endpoints_published_by_one_node_reach_the_other_and_expire_with_its_lease() {
     // A change is incremental: one endpoint goes, one identity changes.
     a.kv.publish(publication("a", "192.168.0.1", &[("10.1.0.5", 302)]));
     b.sees(&[("10.1.0.5", 302)], Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while a.kv.status().published != 2 {
-        assert!(
-            Instant::now() < deadline,
-            "node record + one endpoint: {:?}",
-            a.kv.status()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until("node record + one endpoint published", 5, || {
+        let s = a.kv.status();
+        (s.published == 2).then_some(()).ok_or(s)
+    });
     assert!(a.kv.status().connected);
 
     // Node a dies: nobody renews its lease, etcd deletes its keys.
@@ -332,16 +327,11 @@ fn agents_survive_an_etcd_restart_and_publish_again() {
     b.sees(&[("10.1.0.5", 300)], Duration::from_secs(10));
 
     etcd.kill();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let noticed = |s: sluice_api::KvstoreStatus| !s.connected && s.last_error.is_some();
-    while !(noticed(a.kv.status()) && noticed(b.kv.status())) {
-        assert!(
-            Instant::now() < deadline,
-            "the outage was never noticed: {:?}",
-            a.kv.status()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let noticed = |s: &sluice_api::KvstoreStatus| !s.connected && s.last_error.is_some();
+    until("both notice the outage", 15, || {
+        let (sa, sb) = (a.kv.status(), b.kv.status());
+        (noticed(&sa) && noticed(&sb)).then_some(()).ok_or(sa)
+    });
     // Changes made while etcd is away are published once it is back.
     a.kv.publish(publication(
         "a",
@@ -354,13 +344,20 @@ fn agents_survive_an_etcd_restart_and_publish_again() {
         &[("10.1.0.5", 300), ("10.1.0.8", 304)],
         Duration::from_secs(30),
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !(a.kv.status().connected && b.kv.status().connected) {
-        assert!(
-            Instant::now() < deadline,
-            "not reconnected: {:?}",
-            a.kv.status()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    until("both reconnected", 15, || {
+        let (sa, sb) = (a.kv.status(), b.kv.status());
+        (sa.connected && sb.connected).then_some(()).ok_or(sa)
+    });
+}
+
+/// Polls `ok` until it succeeds; after `seconds`, panics with the status it last saw.
+fn until(what: &str, seconds: u64, mut ok: impl FnMut() -> Result<(), sluice_api::KvstoreStatus>) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        match ok() {
+            Ok(()) => return,
+            Err(s) if Instant::now() > deadline => panic!("{what}: last status {s:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
     }
 }

@@ -141,6 +141,9 @@ fn read_dir(dir: &Path) -> BTreeMap<(&'static str, String), Value> {
     );
     let mut out = BTreeMap::new();
     for object in objects {
+        let Some((_, key)) = object.key() else {
+            continue;
+        };
         let (resource, value) = match object {
             Object::Node(o) => ("nodes", serde_json::to_value(o)),
             Object::Namespace(o) => ("namespaces", serde_json::to_value(o)),
@@ -151,14 +154,6 @@ fn read_dir(dir: &Path) -> BTreeMap<(&'static str, String), Value> {
             Object::Other { .. } => continue,
         };
         let Ok(value) = value else { continue };
-        let name = value
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let key = match value.pointer("/metadata/namespace").and_then(Value::as_str) {
-            Some(ns) => format!("{ns}/{name}"),
-            None => name.to_string(),
-        };
         out.insert((resource, key), value);
     }
     out

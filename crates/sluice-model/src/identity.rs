@@ -173,7 +173,7 @@ impl<E: fmt::Display> fmt::Display for AllocError<E> {
 
 /// Claims the first free candidate of `labels` (or finds the one it already holds, when that
 /// comes first in the probe order).
-pub fn allocate<S: IdentityStore>(
+pub fn allocate<S: IdentityStore + ?Sized>(
     store: &mut S,
     labels: &IdentityLabels,
 ) -> Result<u32, AllocError<S::Error>> {

@@ -144,10 +144,13 @@ status: {phase: Running, podIP: 10.0.0.4}
         let (state, problems) = DesiredState::build(&parse_manifests("t", MANIFESTS).unwrap());
         assert!(problems.is_empty(), "{problems:?}");
         let slices = controller_slices(&state);
-        let web: Vec<&EndpointSlice> = slices
-            .iter()
-            .filter(|s| s.metadata.labels.as_ref().unwrap()[SERVICE_NAME_LABEL] == "web")
-            .collect();
+        let of = |service: &str| -> Vec<&EndpointSlice> {
+            slices
+                .iter()
+                .filter(|s| s.metadata.labels.as_ref().unwrap()[SERVICE_NAME_LABEL] == service)
+                .collect()
+        };
+        let web = of("web");
         assert_eq!(web.len(), 2, "8080 and 9090 resolve differently");
         let on_8080 = web
             .iter()
@@ -167,10 +170,7 @@ status: {phase: Running, podIP: 10.0.0.4}
             addresses,
             vec![("10.0.0.2", Some(false)), ("10.0.0.4", Some(true))]
         );
-        let nobody: Vec<_> = slices
-            .iter()
-            .filter(|s| s.metadata.labels.as_ref().unwrap()[SERVICE_NAME_LABEL] == "nobody")
-            .collect();
+        let nobody = of("nobody");
         assert_eq!(nobody.len(), 1);
         assert!(nobody[0].endpoints.is_empty());
     }

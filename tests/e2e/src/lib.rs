@@ -96,6 +96,18 @@ pub fn up_example_with(file: &str, spec_lines: &str) -> LabGuard {
     }
 }
 
+/// Retries `ok` every 200 ms until it succeeds; after `within`, panics with its last error.
+pub fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> Result<(), String>) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match ok() {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 /// One probe kind against a pod's servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {

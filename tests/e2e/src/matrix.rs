@@ -129,3 +129,16 @@ pub fn policy(name: &str, namespace: &str, spec: &str) -> String {
         "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{ name: {name}, namespace: \"{namespace}\" }}\nspec:\n{spec}\n"
     )
 }
+
+/// One policy (replacing the previous one): namespace `into` admits ingress only from pods of
+/// namespace `from`.
+pub fn admit_only_from(lab: &Lab, into: &str, from: &str) {
+    apply(
+        lab,
+        &policy(
+            "admit-only",
+            into,
+            &format!("  podSelector: {{}}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - namespaceSelector: {{ matchLabels: {{ ns: \"{from}\" }} }}"),
+        ),
+    );
+}

@@ -5,7 +5,7 @@
 //! the last state programmed and is reported; after it returns, changes flow again.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sluice_e2e::matrix::*;
 use sluice_e2e::*;
@@ -18,17 +18,6 @@ fn get_via(lab: &Lab, src: &str, vip: [u8; 4]) -> Result<String, String> {
     .map_err(|e| e.to_string())?
     .map(|s| s.trim().to_string())
     .map_err(|e| e.to_string())
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match ok() {
-            Ok(()) => return,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
 }
 
 fn source_connected(lab: &Lab, node: &str) -> bool {
@@ -58,31 +47,28 @@ fn the_policy_lab_works_from_a_kubernetes_api_server() {
         lab,
         "apiVersion: v1\nkind: Service\nmetadata: { name: web-b, namespace: \"x\" }\nspec:\n  clusterIP: 10.96.30.20\n  selector: { pod: b }\n  ports: [{ name: http, port: 8080, targetPort: 80, protocol: TCP }]\n",
     );
-    wait_for("a new Service through its slice", || {
-        match get_via(lab, "y/a", [10, 96, 30, 20])? {
+    wait_for(
+        "a new Service through its slice",
+        Duration::from_secs(20),
+        || match get_via(lab, "y/a", [10, 96, 30, 20])? {
             b if b == "x/b" => Ok(()),
             other => Err(format!("answered {other:?}")),
-        }
-    });
-
-    apply(
-        lab,
-        &policy(
-            "allow-from-y",
-            "x",
-            "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - namespaceSelector: { matchLabels: { ns: \"y\" } }",
-        ),
+        },
     );
+
+    admit_only_from(lab, "x", "y");
     let only_y_into_x = |s: &str, d: &str, _| ns(d) != "x" || ns(s) == "y";
     check(lab, "kubernetes: x admits only y", only_y_into_x);
 
     // The API server goes away: the agents say so and keep what they programmed.
     lab.kill_apiserver().unwrap();
-    wait_for("the outage reported", || {
-        match lab.nodes().iter().any(|n| source_connected(lab, &n.name)) {
-            false => Ok(()),
-            true => Err("still connected".into()),
-        }
+    wait_for("the outage reported", Duration::from_secs(20), || match lab
+        .nodes()
+        .iter()
+        .any(|n| source_connected(lab, &n.name))
+    {
+        false => Ok(()),
+        true => Err("still connected".into()),
     });
     let s = lab.agent_status("node-b").unwrap();
     assert!(
@@ -99,19 +85,12 @@ fn the_policy_lab_works_from_a_kubernetes_api_server() {
     );
 
     // Back: what changed meanwhile arrives.
-    apply(
-        lab,
-        &policy(
-            "allow-from-y",
-            "x",
-            "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - namespaceSelector: { matchLabels: { ns: \"z\" } }",
-        ),
-    );
+    admit_only_from(lab, "x", "z");
     lab.start_apiserver().unwrap();
     check(lab, "API server back: x admits only z", |s, d, _| {
         ns(d) != "x" || ns(s) == "z"
     });
-    wait_for("reconnected", || {
+    wait_for("reconnected", Duration::from_secs(20), || {
         match lab.nodes().iter().all(|n| source_connected(lab, &n.name)) {
             true => Ok(()),
             false => Err("not yet".into()),

@@ -4,7 +4,7 @@
 //! etcd outage disturbs neither traffic nor policy; once etcd is back, changes flow again.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sluice_e2e::matrix::*;
 use sluice_e2e::*;
@@ -12,31 +12,23 @@ use sluice_lab::{probe, Lab};
 
 /// Waits until every agent's etcd session is up and knows the other node's pods.
 fn wait_kvstore(lab: &Lab, pods_per_node: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let statuses: Vec<_> = lab
-            .nodes()
-            .iter()
-            .map(|n| lab.agent_status(&n.name).unwrap())
-            .collect();
-        let good = statuses.iter().all(|s| {
-            s.kvstore.as_ref().is_some_and(|k| {
-                k.connected && k.remote_nodes == 1 && k.remote_endpoints >= pods_per_node
-            })
-        });
-        if good {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agents never saw each other through etcd: {:?}",
-            statuses
+    wait_for(
+        "agents see each other through etcd",
+        Duration::from_secs(30),
+        || {
+            let sessions: Vec<_> = lab
+                .nodes()
                 .iter()
-                .map(|s| (&s.node, &s.kvstore))
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+                .map(|n| (n.name.clone(), lab.agent_status(&n.name).unwrap().kvstore))
+                .collect();
+            let seen = sessions.iter().all(|(_, k)| {
+                k.as_ref().is_some_and(|k| {
+                    k.connected && k.remote_nodes == 1 && k.remote_endpoints >= pods_per_node
+                })
+            });
+            seen.then_some(()).ok_or_else(|| format!("{sessions:?}"))
+        },
+    );
 }
 
 #[test]
@@ -62,32 +54,27 @@ fn the_policy_lab_works_with_etcd_and_survives_an_etcd_restart() {
     }
 
     // Cross-node policy needs the remote pods' identities, which now come from etcd.
-    apply(
-        lab,
-        &policy(
-            "allow-from-y",
-            "x",
-            "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - namespaceSelector: { matchLabels: { ns: \"y\" } }",
-        ),
-    );
+    admit_only_from(lab, "x", "y");
     let only_y_into_x = |s: &str, d: &str, _| ns(d) != "x" || ns(s) == "y";
     check(lab, "etcd: x admits only y", only_y_into_x);
 
     // etcd goes away: the datapath keeps what it had.
     lab.kill_etcd().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while lab.nodes().iter().any(|n| {
-        lab.agent_status(&n.name)
-            .unwrap()
-            .kvstore
-            .is_some_and(|k| k.connected)
-    }) {
-        assert!(
-            Instant::now() < deadline,
-            "agents never noticed etcd was gone"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        "agents notice etcd is gone",
+        Duration::from_secs(20),
+        || {
+            let connected = lab.nodes().iter().any(|n| {
+                lab.agent_status(&n.name)
+                    .unwrap()
+                    .kvstore
+                    .is_some_and(|k| k.connected)
+            });
+            (!connected)
+                .then_some(())
+                .ok_or_else(|| "still connected".to_string())
+        },
+    );
     let status = lab.agent_status("node-a").unwrap();
     assert!(
         status.problems.iter().any(|p| p.contains("kvstore")),
@@ -103,14 +90,7 @@ fn the_policy_lab_works_with_etcd_and_survives_an_etcd_restart() {
     // Back: sessions reconnect and publish again; a new policy still takes effect.
     lab.start_etcd().unwrap();
     wait_kvstore(lab, 4);
-    apply(
-        lab,
-        &policy(
-            "allow-from-y",
-            "x",
-            "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - namespaceSelector: { matchLabels: { ns: \"z\" } }",
-        ),
-    );
+    admit_only_from(lab, "x", "z");
     check(lab, "etcd back: x admits only z", |s, d, _| {
         ns(d) != "x" || ns(s) == "z"
     });

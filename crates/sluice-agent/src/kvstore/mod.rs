@@ -106,7 +106,10 @@ impl Session {
         let mut backoff = Duration::from_millis(500);
         loop {
             let started = std::time::Instant::now();
-            let error = self.session(&mut publication).await;
+            let error = match self.session(&mut publication).await {
+                Ok(()) => "the agent stopped".to_string(),
+                Err(e) => e,
+            };
             if publication.has_changed().is_err() {
                 return; // the agent is gone
             }
@@ -127,18 +130,8 @@ impl Session {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// One connection's life: returns why it ended.
-    async fn session(&self, publication: &mut watch::Receiver<Publication>) -> String {
-        match self.session_inner(publication).await {
-            Ok(()) => "the agent stopped".into(),
-            Err(e) => e,
-        }
-    }
-
-    async fn session_inner(
-        &self,
-        publication: &mut watch::Receiver<Publication>,
-    ) -> Result<(), String> {
+    /// One connection's life: ends with why (Ok when the agent is gone).
+    async fn session(&self, publication: &mut watch::Receiver<Publication>) -> Result<(), String> {
         let prefix = &self.cfg.prefix;
         let mut client = connect(&self.cfg.endpoints).await?;
         let lease = client

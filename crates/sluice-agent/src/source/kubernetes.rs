@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use sluice_api::config::KubernetesConfig;
 use sluice_model::{ChangedObjects, Object};
 use tokio::sync::Notify;
@@ -246,7 +246,7 @@ where
 }
 
 /// Applies one kind's watch events to its store.
-async fn follow<K: ResourceExt>(
+async fn follow<K>(
     stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
     shared: Arc<Shared>,
     kind: &'static str,
@@ -272,11 +272,12 @@ async fn follow<K: ResourceExt>(
                 match event {
                     Event::Init => state.relisting = Some(BTreeMap::new()),
                     Event::InitApply(o) => {
-                        let key = object_key(&o);
-                        state
-                            .relisting
-                            .get_or_insert_with(BTreeMap::new)
-                            .insert(key, to_object(o));
+                        if let Some((key, object)) = keyed(to_object(o)) {
+                            state
+                                .relisting
+                                .get_or_insert_with(BTreeMap::new)
+                                .insert(key, object);
+                        }
                     }
                     Event::InitDone => {
                         if let Some(listed) = state.relisting.take() {
@@ -287,14 +288,16 @@ async fn follow<K: ResourceExt>(
                         changed = true;
                     }
                     Event::Apply(o) => {
-                        let key = object_key(&o);
-                        let object = to_object(o);
-                        keys.note(&object);
-                        state.objects.insert(key, object);
-                        changed = true;
+                        if let Some((key, object)) = keyed(to_object(o)) {
+                            keys.note(&object);
+                            state.objects.insert(key, object);
+                            changed = true;
+                        }
                     }
                     Event::Delete(o) => {
-                        if let Some(gone) = state.objects.remove(&object_key(&o)) {
+                        let gone =
+                            keyed(to_object(o)).and_then(|(key, _)| state.objects.remove(&key));
+                        if let Some(gone) = gone {
                             keys.note(&gone);
                             changed = true;
                         }
@@ -318,11 +321,10 @@ async fn follow<K: ResourceExt>(
     }
 }
 
-fn object_key<K: ResourceExt>(o: &K) -> String {
-    match o.namespace() {
-        Some(ns) => format!("{ns}/{}", o.name_any()),
-        None => o.name_any(),
-    }
+/// The object with its desired-state key ("namespace/name" or name); None without a name.
+fn keyed(object: Object) -> Option<(String, Object)> {
+    let (_, key) = object.key()?;
+    Some((key, object))
 }
 
 #[cfg(test)]

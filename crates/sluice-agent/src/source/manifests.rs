@@ -42,7 +42,7 @@ impl Scanner {
     /// changed since the last scan (a rescan of a large, quiet directory costs only stats).
     fn scan(&mut self) -> Option<Snapshot> {
         let mut problems = Vec::new();
-        let mut seen = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
         let first = self.files.is_empty();
         let mut changed = first;
         let mut connected = true;
@@ -58,7 +58,7 @@ impl Scanner {
                     if !is_manifest(&path) {
                         continue;
                     }
-                    seen.push(path.clone());
+                    seen.insert(path.clone());
                     let meta = entry.metadata().ok();
                     let signature = (
                         meta.as_ref().and_then(|m| m.modified().ok()),
@@ -102,14 +102,17 @@ impl Scanner {
                 }
             }
         }
-        let before = self.files.len();
-        for (_, gone) in self.files.iter().filter(|(path, _)| !seen.contains(path)) {
-            for o in &gone.objects {
-                keys.note(o);
+        // An unreadable directory removes nothing: its files keep what they last said.
+        if connected {
+            let before = self.files.len();
+            for (_, gone) in self.files.iter().filter(|(path, _)| !seen.contains(*path)) {
+                for o in &gone.objects {
+                    keys.note(o);
+                }
             }
+            self.files.retain(|path, _| seen.contains(path));
+            changed |= self.files.len() != before;
         }
-        self.files.retain(|path, _| seen.contains(path));
-        changed |= self.files.len() != before;
         if !changed && problems.is_empty() {
             return None;
         }
@@ -224,6 +227,15 @@ mod tests {
             third.objects.is_empty(),
             "a removed file removes its objects"
         );
+
+        std::fs::write(&file, NODE).unwrap();
+        scanner.scan().expect("the file is back");
+        let moved = dir.path().with_extension("moved");
+        std::fs::rename(dir.path(), &moved).unwrap();
+        let gone = scanner.scan().expect("an unreadable directory is reported");
+        assert!(!gone.connected && gone.problems.len() == 1, "{gone:?}");
+        assert_eq!(gone.objects.len(), 1, "the last objects are kept");
+        std::fs::rename(&moved, dir.path()).unwrap();
     }
 
     #[test]
