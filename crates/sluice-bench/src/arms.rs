@@ -87,6 +87,10 @@ pub struct Measurement {
     pub crr_p50_us: f64,
     pub crr_p99_us: f64,
     pub crr_errors: u64,
+    /// CRR p50 of the arm's floor measured interleaved with this run (the sluice arms: the
+    /// client straight to a backend pod in the same lab), µs.
+    #[serde(default)]
+    pub floor_crr_p50_us: Option<f64>,
     pub rr_p50_us: f64,
     pub rr_p99_us: f64,
     /// Requests answered in the RR run (and failures: 0 unless the connection broke).
@@ -247,19 +251,57 @@ fn run_client(
     serde_json::from_slice(&out.stdout).map_err(|e| format!("the load client's output: {e}"))
 }
 
+/// Rounds the CRR run is split into when a floor is measured alongside: the target and the
+/// floor alternate (order flipped each round), so both see the same machine, moment by moment.
+const FLOOR_ROUNDS: u32 = 6;
+
+/// CRR to `target` for `d` (and, given `floor`, to the floor for as long, interleaved): the
+/// target's pooled sample, the floor's, and the busy CPU seconds during the target's rounds.
+fn crr_rounds(
+    client: &dyn Fn() -> Command,
+    target: SocketAddr,
+    floor: Option<SocketAddr>,
+    d: Duration,
+) -> Result<(Sample, Option<Sample>, f64), String> {
+    let Some(floor) = floor else {
+        let cpu0 = load::busy_cpu_seconds();
+        let crr = run_client(client(), "crr", target, d)?;
+        return Ok((crr, None, load::busy_cpu_seconds() - cpu0));
+    };
+    let slice = d / FLOOR_ROUNDS;
+    let (mut ours, mut floors, mut cpu) = (Vec::new(), Vec::new(), 0.0);
+    for round in 0..FLOOR_ROUNDS {
+        let mut run_target = || -> Result<(), String> {
+            let cpu0 = load::busy_cpu_seconds();
+            ours.push(run_client(client(), "crr", target, slice)?);
+            cpu += load::busy_cpu_seconds() - cpu0;
+            Ok(())
+        };
+        if round % 2 == 0 {
+            run_target()?;
+            floors.push(run_client(client(), "crr", floor, slice)?);
+        } else {
+            floors.push(run_client(client(), "crr", floor, slice)?);
+            run_target()?;
+        }
+    }
+    Ok((Sample::merge(&ours), Some(Sample::merge(&floors)), cpu))
+}
+
+/// Measures `target`; `floor` (the same path without a Service) is measured interleaved with
+/// the CRR run, so the comparison the targets are about is made under equal conditions.
 fn measure(
     arm: Arm,
     services: usize,
     load_seconds: f64,
     client: &dyn Fn() -> Command,
     target: SocketAddr,
+    floor: Option<SocketAddr>,
     d: Duration,
 ) -> Result<Measurement, String> {
     // Warm up (ARP, conntrack, caches), then measure.
     run_client(client(), "crr", target, Duration::from_millis(200))?;
-    let cpu0 = load::busy_cpu_seconds();
-    let crr = run_client(client(), "crr", target, d)?;
-    let cpu = load::busy_cpu_seconds() - cpu0;
+    let (crr, floor_crr, cpu) = crr_rounds(client, target, floor, d)?;
     if crr.count == 0 {
         return Err(format!(
             "{}: no connection to {target} succeeded ({} errors)",
@@ -277,6 +319,7 @@ fn measure(
         crr_p50_us: crr.p50_us,
         crr_p99_us: crr.p99_us,
         crr_errors: crr.errors,
+        floor_crr_p50_us: floor_crr.map(|f| f.p50_us),
         rr_p50_us: rr.p50_us,
         rr_p99_us: rr.p99_us,
         rr_count: rr.count,
@@ -353,7 +396,7 @@ pub fn kube_proxy_arm(arm: Arm, n: usize, s: &Settings) -> Result<Measurement, S
         c.args(["netns", "exec", &client_ns]).arg(&s.sluice_bin);
         c
     };
-    let mut m = measure(arm, n, load_seconds, &client, target, s.duration)?;
+    let mut m = measure(arm, n, load_seconds, &client, target, None, s.duration)?;
     if arm != Arm::NoRules {
         let at = n / 2;
         let mut current = services.clone();
@@ -399,10 +442,11 @@ fn cluster_file(name: &str, socket_lb: bool, max_services: usize) -> String {
         "apiVersion: sluice.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: {name}}}\nspec:\n  routing: native\n  underlay: 192.168.77.0/24\n  socketLb: {socket_lb}\n  maps: {{lbSlots: {lb_slots}, backends: 16384, conntrack: 65536, policy: 16384}}\n  nodes: [{{name: node-a, podCIDR: 10.250.0.0/24}}]\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: bench}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: bench}}\nspec: {{containers: [{{name: c, image: none}}]}}\n"
     );
     for i in 0..3 {
-        // The background Services select b1 and b2: two endpoints each.
+        // The background Services select b1 and b2: two endpoints each. No container ports:
+        // the bench runs its own load server in each backend, as on the plain topology.
         let bg = if i == 0 { "no" } else { "yes" };
         text += &format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: b{i}, namespace: bench, labels: {{app: bench, bg: \"{bg}\", who: b{i}}}}}\nspec: {{containers: [{{name: c, image: none, ports: [{{containerPort: {BACKEND_PORT}}}]}}]}}\n"
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: b{i}, namespace: bench, labels: {{app: bench, bg: \"{bg}\", who: b{i}}}}}\nspec: {{containers: [{{name: c, image: none}}]}}\n"
         );
     }
     text
@@ -488,6 +532,18 @@ pub fn sluice_arm(
     .into_guard();
     let pod_ns = lab.pod_netns("bench/client").map_err(|e| e.to_string())?;
     load::tune_client(&pod_ns)?;
+    // The same load server as the other arms' backends (declared after the lab: stopped
+    // before it goes down).
+    let mut servers = load::Servers::default();
+    let mut backends = Vec::new();
+    for i in 0..3 {
+        let pod = format!("bench/b{i}");
+        let ip = lab.pod_ip(&pod).map_err(|e| e.to_string())?;
+        let ns = lab.pod_netns(&pod).map_err(|e| e.to_string())?;
+        let fd = ns.open_fd().map_err(|e| format!("{pod}: {e}"))?;
+        servers.spawn(fd, SocketAddr::from((ip, BACKEND_PORT)))?;
+        backends.push(ip.to_string());
+    }
     let agent = sluice_api::Client::new(lab.agent_socket("node-a").map_err(|e| e.to_string())?);
     lab.apply_manifest("main", &main_service("app: bench"))
         .map_err(|e| e.to_string())?;
@@ -504,13 +560,16 @@ pub fn sluice_arm(
             lab.command_in_pod("bench/client", &s.sluice_bin)
                 .expect("the client pod exists")
         };
-        let target = if arm == Arm::SluicePodToPod {
-            let b0 = lab.pod_ip("bench/b0").map_err(|e| e.to_string())?;
-            SocketAddr::from((b0, BACKEND_PORT))
+        let b0 = SocketAddr::from((
+            lab.pod_ip("bench/b0").map_err(|e| e.to_string())?,
+            BACKEND_PORT,
+        ));
+        let (target, floor) = if arm == Arm::SluicePodToPod {
+            (b0, None)
         } else {
-            SocketAddr::from((VIP, 80))
+            (SocketAddr::from((VIP, 80)), Some(b0))
         };
-        let mut m = measure(arm, n, load_seconds, &client, target, s.duration)?;
+        let mut m = measure(arm, n, load_seconds, &client, target, floor, s.duration)?;
         if arm != Arm::SluicePodToPod {
             let (sum0, count0) = services_reconciles(&lab);
             let mut apply = |i: usize| {
@@ -520,7 +579,7 @@ pub fn sluice_arm(
             m.update_ms = Some(time_endpoint_change(
                 &client,
                 target,
-                ["bench/b0", "bench/b1"],
+                [&backends[0], &backends[1]],
                 &mut apply,
             )?);
             let (sum1, count1) = services_reconciles(&lab);
@@ -533,6 +592,7 @@ pub fn sluice_arm(
         }
         out.push(m);
     }
+    drop(servers);
     lab.down().map_err(|e| format!("lab down: {e}"))?;
     Ok(out)
 }

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use sluice_netdev::Netns;
 
-/// The first byte of a connection says what the server does with it (the lab's pod servers
-/// simply echo, which serves both).
+/// The first byte of a connection says what the server does with it.
 pub const MODE_CRR: u8 = b'c'; // answer one byte, then close
 pub const MODE_RR: u8 = b'r'; // echo every byte until the client closes
                               // A request starting with 'G' is HTTP: the answer names the server (its address here, the
@@ -29,8 +28,34 @@ pub fn tune_client(ns: &Netns) -> Result<(), String> {
     Ok(())
 }
 
+/// Load servers, each a thread inside some namespace, running until this is dropped. Every
+/// arm's backends run these (the sluice lab's pods too), so the arms differ only in the path.
+#[derive(Default)]
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Servers {
+    /// Starts a server on `addr` inside the namespace of `netns_fd`; returns once it listens.
+    pub fn spawn(&mut self, netns_fd: OwnedFd, addr: SocketAddr) -> Result<(), String> {
+        let handle = spawn_server(netns_fd, addr, self.stop.clone())?;
+        self.threads.push(handle);
+        Ok(())
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A server thread inside the namespace of `netns_fd` until `stop` is set.
-pub fn spawn_server(
+fn spawn_server(
     netns_fd: OwnedFd,
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -121,6 +146,9 @@ pub struct Sample {
     pub seconds: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// Every latency, µs (CRR only: runs split into rounds are merged from these).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latencies_us: Vec<f64>,
 }
 
 impl Sample {
@@ -128,22 +156,48 @@ impl Sample {
         self.count as f64 / self.seconds.max(1e-9)
     }
 
-    fn from(mut lat: Vec<Duration>, errors: u64, elapsed: Duration) -> Self {
-        lat.sort();
+    fn from(lat: Vec<Duration>, errors: u64, elapsed: Duration) -> Self {
+        let us = lat.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+        Self::from_us(us, errors, elapsed.as_secs_f64())
+    }
+
+    fn from_us(mut lat: Vec<f64>, errors: u64, seconds: f64) -> Self {
+        lat.sort_by(f64::total_cmp);
         let pct = |p: f64| {
             if lat.is_empty() {
                 0.0
             } else {
-                lat[((lat.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6
+                lat[((lat.len() - 1) as f64 * p) as usize]
             }
         };
         Sample {
             count: lat.len() as u64,
             errors,
-            seconds: elapsed.as_secs_f64(),
+            seconds,
             p50_us: pct(0.50),
             p99_us: pct(0.99),
+            latencies_us: lat,
         }
+    }
+
+    /// Drops the individual latencies (an RR run has hundreds of thousands).
+    fn without_latencies(mut self) -> Self {
+        self.latencies_us = Vec::new();
+        self
+    }
+
+    /// One sample of several runs (rounds of one measurement): their latencies pooled, their
+    /// time and errors added.
+    pub fn merge(runs: &[Sample]) -> Sample {
+        let lat = runs
+            .iter()
+            .flat_map(|r| r.latencies_us.iter().copied())
+            .collect();
+        Self::from_us(
+            lat,
+            runs.iter().map(|r| r.errors).sum(),
+            runs.iter().map(|r| r.seconds).sum(),
+        )
     }
 }
 
@@ -189,7 +243,7 @@ pub fn rr(target: SocketAddr, duration: Duration) -> Sample {
         Ok(s)
     })();
     let Ok(mut s) = conn else {
-        return Sample::from(lat, 1, start.elapsed());
+        return Sample::from(lat, 1, start.elapsed()).without_latencies();
     };
     let start = Instant::now();
     let mut b = [0u8; 1];
@@ -204,7 +258,7 @@ pub fn rr(target: SocketAddr, duration: Duration) -> Sample {
         }
         lat.push(t.elapsed());
     }
-    Sample::from(lat, errors, start.elapsed())
+    Sample::from(lat, errors, start.elapsed()).without_latencies()
 }
 
 /// The server a new connection to `target` reaches (its answer to `GET /`).
@@ -323,6 +377,18 @@ mod tests {
         let s = Sample::from(lat, 0, Duration::from_secs(2));
         assert_eq!((s.p50_us.round(), s.p99_us.round()), (50.0, 99.0));
         assert_eq!(s.rate(), 50.0);
+    }
+
+    #[test]
+    fn rounds_merge_into_one_sample_of_all_their_latencies() {
+        let odd: Vec<Duration> = (1..=100).step_by(2).map(Duration::from_micros).collect();
+        let even: Vec<Duration> = (2..=100).step_by(2).map(Duration::from_micros).collect();
+        let m = Sample::merge(&[
+            Sample::from(odd, 1, Duration::from_secs(1)),
+            Sample::from(even, 2, Duration::from_secs(1)),
+        ]);
+        assert_eq!((m.count, m.errors, m.seconds), (100, 3, 2.0));
+        assert_eq!((m.p50_us.round(), m.p99_us.round()), (50.0, 99.0));
     }
 
     #[test]

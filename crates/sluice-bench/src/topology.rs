@@ -4,8 +4,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use sluice_netdev::{Ipv4Net, NetHandle, Netns, Route};
 
@@ -21,8 +19,7 @@ pub struct Topology {
     pub router: Netns,
     pub client: Netns,
     pub backends: Vec<Ipv4Addr>,
-    stop: Arc<AtomicBool>,
-    servers: Vec<std::thread::JoinHandle<()>>,
+    servers: load::Servers,
 }
 
 fn err(what: impl std::fmt::Display) -> impl FnOnce(sluice_netdev::Error) -> String {
@@ -73,8 +70,7 @@ impl Topology {
             router: Netns::create(&format!("{prefix}r")).map_err(err("router namespace"))?,
             client: Netns::create(&format!("{prefix}c")).map_err(err("client namespace"))?,
             backends: Vec::new(),
-            stop: Arc::new(AtomicBool::new(false)),
-            servers: Vec::new(),
+            servers: load::Servers::default(),
         };
         let router = NetHandle::new(&t.router).map_err(err("router netlink"))?;
         sluice_netdev::sysctl_set(&t.router, "net/ipv4/ip_forward", "1")
@@ -85,11 +81,8 @@ impl Topology {
             let ns = Netns::create(&format!("{prefix}b{i}")).map_err(err("backend namespace"))?;
             let addr = attach(&router, &t.router, &ns, &format!("b{i}"), i as u8 + 1)?;
             let fd: OwnedFd = ns.open_fd().map_err(err("backend fd"))?;
-            t.servers.push(load::spawn_server(
-                fd,
-                SocketAddr::from((addr, BACKEND_PORT)),
-                t.stop.clone(),
-            )?);
+            t.servers
+                .spawn(fd, SocketAddr::from((addr, BACKEND_PORT)))?;
             t.backends.push(addr);
         }
         Ok(t)
@@ -102,10 +95,8 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for s in self.servers.drain(..) {
-            let _ = s.join();
-        }
+        // Stop the servers before their namespaces go.
+        drop(std::mem::take(&mut self.servers));
         let mut names = vec![format!("{}r", self.prefix), format!("{}c", self.prefix)];
         names.extend((0..self.backends.len()).map(|i| format!("{}b{i}", self.prefix)));
         for n in names {

@@ -45,17 +45,20 @@ pub struct FlowDirectory {
     pub rules: HashMap<u32, RuleMeta>,
 }
 
+use std::borrow::Cow;
+
 use sluice_datapath::abi::{IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD};
 
 impl FlowDirectory {
-    /// The endpoint behind `ip`: a pod, this or another node, or the world.
-    pub fn endpoint(&self, ip: Ipv4Addr) -> EndpointMeta {
+    /// The endpoint behind `ip`: a pod, this or another node, or the world. Borrowed when
+    /// known: this runs several times per flow event.
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Cow<'_, EndpointMeta> {
         if let Some(ep) = self.endpoints.get(&ip) {
-            return ep.clone();
+            return Cow::Borrowed(ep);
         }
         if let Some(node) = self.nodes.get(&ip) {
             let host = Some(ip) == self.node_ip;
-            return EndpointMeta {
+            return Cow::Owned(EndpointMeta {
                 identity: if host {
                     IDENTITY_HOST
                 } else {
@@ -68,13 +71,13 @@ impl FlowDirectory {
                 }],
                 node_name: node.clone(),
                 ..Default::default()
-            };
+            });
         }
-        EndpointMeta {
+        Cow::Owned(EndpointMeta {
             identity: IDENTITY_WORLD,
             labels: vec!["reserved:world".into()],
             ..Default::default()
-        }
+        })
     }
 
     /// The service a frontend belongs to, if it is one.
@@ -83,15 +86,17 @@ impl FlowDirectory {
     }
 
     /// The pod (or the host) a socket event came from.
-    pub fn by_netns(&self, cookie: u64) -> Option<EndpointMeta> {
+    pub fn by_netns(&self, cookie: u64) -> Option<Cow<'_, EndpointMeta>> {
         if let Some(ip) = self.netns.get(&cookie) {
             return Some(self.endpoint(*ip));
         }
-        (self.host_netns == Some(cookie)).then(|| EndpointMeta {
-            identity: IDENTITY_HOST,
-            labels: vec!["reserved:host".into()],
-            node_name: self.node_name.clone(),
-            ..Default::default()
+        (self.host_netns == Some(cookie)).then(|| {
+            Cow::Owned(EndpointMeta {
+                identity: IDENTITY_HOST,
+                labels: vec!["reserved:host".into()],
+                node_name: self.node_name.clone(),
+                ..Default::default()
+            })
         })
     }
 

@@ -189,6 +189,12 @@ impl Observer {
     }
 }
 
+/// How long the reader waits after draining the ring buffer before it reads again. The
+/// kernel wakes a reader that has caught up on every event, so without a pause a busy node
+/// (thousands of new connections per second) would switch to the agent for each of them; the
+/// ring holds far more than this many milliseconds of events.
+const EVENT_BATCH_WAIT: Duration = Duration::from_millis(2);
+
 /// Reads the datapath's ring buffer until the process ends; checks the loss counter after
 /// every batch and every second.
 pub async fn read_events(
@@ -211,6 +217,9 @@ pub async fn read_events(
                     observer.ingest(&item, &clock);
                 }
                 guard.clear_ready();
+                drop(guard);
+                // Let events gather: one wakeup per batch instead of one per connection.
+                tokio::time::sleep(EVENT_BATCH_WAIT).await;
             }
             _ = tick.tick() => {}
         }
