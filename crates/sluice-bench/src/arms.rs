@@ -433,9 +433,10 @@ pub fn kube_proxy_arm(arm: Arm, n: usize, s: &Settings) -> Result<Measurement, S
     Ok(m)
 }
 
-/// The one-node lab the sluice arms run in: a client and three backends behind VIP:80, with
-/// service maps sized for `max_services` background Services (a frontend and two backend
-/// slots each).
+/// The one-node lab the sluice arms run in: a client, three backends behind VIP:80 and a
+/// fourth pod outside every Service (the floor: reached directly, it never shares a backend's
+/// tuples with service connections), with service maps sized for `max_services` background
+/// Services (a frontend and two backend slots each).
 fn cluster_file(name: &str, socket_lb: bool, max_services: usize) -> String {
     let lb_slots = (3 * max_services + 1024).next_power_of_two().max(65_536);
     let mut text = format!(
@@ -449,6 +450,7 @@ fn cluster_file(name: &str, socket_lb: bool, max_services: usize) -> String {
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: b{i}, namespace: bench, labels: {{app: bench, bg: \"{bg}\", who: b{i}}}}}\nspec: {{containers: [{{name: c, image: none}}]}}\n"
         );
     }
+    text += "---\napiVersion: v1\nkind: Pod\nmetadata: {name: floor, namespace: bench, labels: {who: floor}}\nspec: {containers: [{name: c, image: none}]}\n";
     text
 }
 
@@ -536,14 +538,19 @@ pub fn sluice_arm(
     // before it goes down).
     let mut servers = load::Servers::default();
     let mut backends = Vec::new();
-    for i in 0..3 {
-        let pod = format!("bench/b{i}");
-        let ip = lab.pod_ip(&pod).map_err(|e| e.to_string())?;
-        let ns = lab.pod_netns(&pod).map_err(|e| e.to_string())?;
+    for pod in ["bench/b0", "bench/b1", "bench/b2", "bench/floor"] {
+        let ip = lab.pod_ip(pod).map_err(|e| e.to_string())?;
+        let ns = lab.pod_netns(pod).map_err(|e| e.to_string())?;
         let fd = ns.open_fd().map_err(|e| format!("{pod}: {e}"))?;
         servers.spawn(fd, SocketAddr::from((ip, BACKEND_PORT)))?;
         backends.push(ip.to_string());
     }
+    // A client that reaches a backend both directly and through the Service could reuse a
+    // port towards it while the backend still holds the earlier connection in TIME_WAIT.
+    let floor_pod = SocketAddr::from((
+        lab.pod_ip("bench/floor").map_err(|e| e.to_string())?,
+        BACKEND_PORT,
+    ));
     let agent = sluice_api::Client::new(lab.agent_socket("node-a").map_err(|e| e.to_string())?);
     lab.apply_manifest("main", &main_service("app: bench"))
         .map_err(|e| e.to_string())?;
@@ -560,14 +567,10 @@ pub fn sluice_arm(
             lab.command_in_pod("bench/client", &s.sluice_bin)
                 .expect("the client pod exists")
         };
-        let b0 = SocketAddr::from((
-            lab.pod_ip("bench/b0").map_err(|e| e.to_string())?,
-            BACKEND_PORT,
-        ));
         let (target, floor) = if arm == Arm::SluicePodToPod {
-            (b0, None)
+            (floor_pod, None)
         } else {
-            (SocketAddr::from((VIP, 80)), Some(b0))
+            (SocketAddr::from((VIP, 80)), Some(floor_pod))
         };
         let mut m = measure(arm, n, load_seconds, &client, target, floor, s.duration)?;
         if arm != Arm::SluicePodToPod {

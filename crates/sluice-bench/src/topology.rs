@@ -1,11 +1,12 @@
 //! The plain topology the kube-proxy arms run on: a client and a few backends, each in its own
-//! network namespace, joined by veth pairs to a router namespace where the rules under test
-//! live. No eBPF here: this is the kernel's own path, with or without iptables/nftables.
+//! network namespace, attached to a node namespace (`<prefix>r`) the way sluice-cni attaches
+//! pods; the rules under test live in the node namespace, as kube-proxy's do. No eBPF here:
+//! this is the kernel's own path, with or without iptables/nftables.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 
-use sluice_netdev::{Ipv4Net, NetHandle, Netns, Route};
+use sluice_netdev::Netns;
 
 use crate::load;
 
@@ -26,43 +27,27 @@ fn err(what: impl std::fmt::Display) -> impl FnOnce(sluice_netdev::Error) -> Str
     move |e| format!("{what}: {e}")
 }
 
-/// Joins namespace `inner` to the router: `<inner> eth0 10.250.<subnet>.2/24`, router side
-/// `.1`, default route through the router.
-fn attach(
-    router: &NetHandle,
-    router_ns: &Netns,
-    inner: &Netns,
-    host_if: &str,
-    subnet: u8,
-) -> Result<Ipv4Addr, String> {
-    let peer = format!("{host_if}p");
-    router
-        .create_veth(host_if, &peer)
-        .map_err(err(format!("veth {host_if}")))?;
-    router
-        .move_to_netns(&peer, inner)
-        .map_err(err(format!("move {peer}")))?;
-    let gw = Ipv4Addr::new(10, 250, subnet, 1);
-    let addr = Ipv4Addr::new(10, 250, subnet, 2);
-    router
-        .add_address(host_if, Ipv4Net::new(gw, 24).unwrap())
-        .map_err(err("router address"))?;
-    router.set_up(host_if).map_err(err("router link up"))?;
-    let h = NetHandle::new(inner).map_err(err("netlink in namespace"))?;
-    h.add_address(&peer, Ipv4Net::new(addr, 24).unwrap())
-        .map_err(err("address"))?;
-    h.set_up(&peer).map_err(err("link up"))?;
-    h.replace_route(&Route {
-        gateway: Some(gw),
-        ..Default::default()
-    })
-    .map_err(err("default route"))?;
-    let _ = router_ns;
-    Ok(addr)
+/// Attaches namespace `inner` to the node namespace exactly as sluice-cni attaches a pod
+/// (`sluice_netdev::pod::setup`: a veth, the pod's /32 behind the link-local gateway, a /32
+/// route and a static neighbour on the node side), so the arms without sluice run on the same
+/// interfaces the sluice lab's pods have, with the kernel routing between them.
+fn attach(node: &Netns, inner: &Netns, host_if: &str, index: u8) -> Result<Ipv4Addr, String> {
+    let address = Ipv4Addr::new(10, 250, 0, index + 1);
+    let spec = sluice_netdev::pod::PodInterfaceSpec {
+        netns: inner.path().to_path_buf(),
+        ifname: "eth0".into(),
+        host_ifname: host_if.into(),
+        address,
+        mtu: 1500,
+    };
+    node.run(|| sluice_netdev::pod::setup(&spec))
+        .and_then(|r| r)
+        .map_err(err(format!("pod interface {host_if}")))?;
+    Ok(address)
 }
 
 impl Topology {
-    /// Namespaces `<prefix>r` (router), `<prefix>c` (client), `<prefix>b<i>` (backends), each
+    /// Namespaces `<prefix>r` (the node, routing), `<prefix>c` (client), `<prefix>b<i>` (backends), each
     /// backend running a load server on BACKEND_PORT.
     pub fn build(prefix: &str, backends: usize) -> Result<Self, String> {
         let mut t = Topology {
@@ -72,14 +57,13 @@ impl Topology {
             backends: Vec::new(),
             servers: load::Servers::default(),
         };
-        let router = NetHandle::new(&t.router).map_err(err("router netlink"))?;
         sluice_netdev::sysctl_set(&t.router, "net/ipv4/ip_forward", "1")
             .map_err(err("forwarding"))?;
-        attach(&router, &t.router, &t.client, "c0", 0)?;
+        attach(&t.router, &t.client, "c0", 0)?;
         load::tune_client(&t.client)?;
         for i in 0..backends {
             let ns = Netns::create(&format!("{prefix}b{i}")).map_err(err("backend namespace"))?;
-            let addr = attach(&router, &t.router, &ns, &format!("b{i}"), i as u8 + 1)?;
+            let addr = attach(&t.router, &ns, &format!("b{i}"), i as u8 + 1)?;
             let fd: OwnedFd = ns.open_fd().map_err(err("backend fd"))?;
             t.servers
                 .spawn(fd, SocketAddr::from((addr, BACKEND_PORT)))?;

@@ -53,9 +53,27 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         consecutive: usize,
     },
+    /// (internal) the load server every arm's backends run, on ADDR in this namespace until
+    /// killed (for experiments by hand: `sluice lab exec POD -- sluice bench server ...`).
+    #[command(hide = true)]
+    Server {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    if let Some(BenchCommand::Server { listen }) = args.command {
+        let netns = std::fs::File::open("/proc/self/ns/net").context("/proc/self/ns/net")?;
+        let mut servers = sluice_bench::load::Servers::default();
+        servers
+            .spawn(netns.into(), listen)
+            .map_err(|e| anyhow::anyhow!("--listen {listen}: {e}"))?;
+        eprintln!("serving on {listen}");
+        loop {
+            std::thread::park();
+        }
+    }
     if let Some(BenchCommand::Client {
         mode,
         target,

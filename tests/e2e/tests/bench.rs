@@ -80,6 +80,15 @@ fn quick_benchmark_runs_every_arm_and_cleans_up() {
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("results.json")).unwrap())
             .unwrap();
     assert_eq!(json["measurements"].as_array().unwrap().len(), 14);
+    // The sluice arms measure their floor alongside; the others have none.
+    for m in json["measurements"].as_array().unwrap() {
+        let with_floor = matches!(m["arm"].as_str(), Some("sluice" | "sluice-no-socket-lb"));
+        assert_eq!(
+            m["floor_crr_p50_us"].as_f64().is_some_and(|v| v > 0.0),
+            with_floor,
+            "{m}"
+        );
+    }
     for svg in ["crr-latency.svg", "load-time.svg"] {
         let text = std::fs::read_to_string(out_dir.join(svg)).unwrap();
         assert!(
