@@ -57,6 +57,8 @@ pub struct Core {
     /// Whether stale routes/tunnels from a previous run have been swept.
     pub(crate) swept: bool,
     pub(crate) desired: DesiredState,
+    /// `desired` was built from a snapshot (later ones may update it by their change list).
+    pub(crate) desired_built: bool,
     pub(crate) source_problems: Vec<String>,
     /// Problems found at start (damaged state, re-attach failures); kept for the process' life.
     pub(crate) state_problems: Vec<String>,
@@ -173,17 +175,28 @@ impl Core {
         let mut at = Instant::now();
         // An invalid policy keeps its last valid version (kept on disk, so across restarts
         // too): never fail open or closed on a typo.
-        let (mut desired, mut problems) =
-            DesiredState::build_with_previous(&snapshot.objects, &self.kept.as_previous());
+        let previous = self.kept.as_previous();
+        // With the source's change list only the changed objects are rebuilt, and `old` holds
+        // just what they were (all the service reconcile looks at then); without one (the
+        // first snapshot, a relist) everything is.
+        let changed = snapshot.changed;
+        let (old, mut problems) = match changed.as_ref().filter(|_| self.desired_built) {
+            Some(changed) => self.desired.update(&snapshot.objects, changed, &previous),
+            None => {
+                let (mut desired, problems) =
+                    DesiredState::build_with_previous(&snapshot.objects, &previous);
+                desired.endpoints_from_slices =
+                    self.cfg.source == sluice_api::config::SourceKind::Kubernetes;
+                self.desired_built = true;
+                (std::mem::replace(&mut self.desired, desired), problems)
+            }
+        };
         step("build", &mut at);
-        desired.endpoints_from_slices =
-            self.cfg.source == sluice_api::config::SourceKind::Kubernetes;
-        if let Err(e) = self.kept.update(&snapshot.objects, &desired) {
+        if let Err(e) = self.kept.update(&snapshot.objects, &self.desired) {
             problems.push(format!("keeping the last valid policies: {e}"));
         }
         step("kept-policies", &mut at);
         self.source_connected = snapshot.connected;
-        let changed = snapshot.changed;
         if snapshot.connected {
             self.last_sync = Some(std::time::SystemTime::now());
         }
@@ -192,7 +205,6 @@ impl Core {
             tracing::warn!(problem = %p, "desired state");
         }
         self.source_problems = problems;
-        let old = std::mem::replace(&mut self.desired, desired);
         self.reconcile_nodes();
         step("nodes", &mut at);
         self.reconcile_services(self.services_synced.then_some(&old), changed.as_ref());

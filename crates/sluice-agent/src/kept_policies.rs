@@ -46,10 +46,14 @@ impl KeptPolicies {
 
     /// Remembers the valid policies of `objects` that made it into `desired`, forgets those
     /// gone from it, and writes the file when anything changed.
-    pub fn update(&mut self, objects: &[Object], desired: &DesiredState) -> Result<(), String> {
+    pub fn update<O: std::borrow::Borrow<Object>>(
+        &mut self,
+        objects: &[O],
+        desired: &DesiredState,
+    ) -> Result<(), String> {
         let mut next = BTreeMap::new();
         for object in objects {
-            let Object::NetworkPolicy(np) = object else {
+            let Object::NetworkPolicy(np) = object.borrow() else {
                 continue;
             };
             if let Ok(info) = PolicyInfo::from_policy(np) {
@@ -116,8 +120,8 @@ mod tests {
 
         // Deleting the policy forgets it.
         let (mut kept, _) = KeptPolicies::load(dir.path());
-        let (desired, _) = DesiredState::build_with_previous(&[], &kept.as_previous());
-        kept.update(&[], &desired).unwrap();
+        let (desired, _) = DesiredState::build_with_previous::<Object>(&[], &kept.as_previous());
+        kept.update::<Object>(&[], &desired).unwrap();
         assert!(KeptPolicies::load(dir.path())
             .0
             .as_previous()

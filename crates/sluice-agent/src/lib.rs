@@ -268,6 +268,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     remote: BTreeMap::new(),
                     swept: false,
                     desired: Default::default(),
+                    desired_built: false,
                     source_problems: Vec::new(),
                     state_problems: Vec::new(),
                     node_problems: Vec::new(),

@@ -1,6 +1,7 @@
 //! Parsing Kubernetes YAML manifests (multi-document) into typed objects.
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 /// The kinds sluice reads; everything else is kept by kind name and ignored.
@@ -16,19 +17,26 @@ pub enum Object {
 }
 
 impl Object {
+    /// The kind and metadata of a kind sluice reads (None for the others). Cheap: no key is
+    /// formatted.
+    pub fn kind_and_meta(&self) -> Option<(ObjectKind, &ObjectMeta)> {
+        Some(match self {
+            Object::Node(o) => (ObjectKind::Node, &o.metadata),
+            Object::Namespace(o) => (ObjectKind::Namespace, &o.metadata),
+            Object::Pod(o) => (ObjectKind::Pod, &o.metadata),
+            Object::Service(o) => (ObjectKind::Service, &o.metadata),
+            Object::EndpointSlice(o) => (ObjectKind::EndpointSlice, &o.metadata),
+            Object::NetworkPolicy(o) => (ObjectKind::NetworkPolicy, &o.metadata),
+            Object::Other { .. } => return None,
+        })
+    }
+
     /// Kind and "namespace/name" (namespaced kinds; namespace defaults to `default`) or name,
     /// as the desired state keys it; None for kinds sluice ignores or objects without a name.
     pub fn key(&self) -> Option<(ObjectKind, String)> {
-        let (kind, meta, namespaced) = match self {
-            Object::Node(o) => (ObjectKind::Node, &o.metadata, false),
-            Object::Namespace(o) => (ObjectKind::Namespace, &o.metadata, false),
-            Object::Pod(o) => (ObjectKind::Pod, &o.metadata, true),
-            Object::Service(o) => (ObjectKind::Service, &o.metadata, true),
-            Object::EndpointSlice(o) => (ObjectKind::EndpointSlice, &o.metadata, true),
-            Object::NetworkPolicy(o) => (ObjectKind::NetworkPolicy, &o.metadata, true),
-            Object::Other { .. } => return None,
-        };
+        let (kind, meta) = self.kind_and_meta()?;
         let name = meta.name.as_deref()?;
+        let namespaced = !matches!(kind, ObjectKind::Node | ObjectKind::Namespace);
         Some((
             kind,
             if namespaced {
@@ -48,6 +56,17 @@ pub enum ObjectKind {
     Service,
     EndpointSlice,
     NetworkPolicy,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 6] = [
+        ObjectKind::Node,
+        ObjectKind::Namespace,
+        ObjectKind::Pod,
+        ObjectKind::Service,
+        ObjectKind::EndpointSlice,
+        ObjectKind::NetworkPolicy,
+    ];
 }
 
 /// The objects that may differ between two snapshots of a source (a superset is fine; a

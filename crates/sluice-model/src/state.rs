@@ -1,10 +1,11 @@
 //! The desired state assembled from objects, with the cross-object checks no single object can
 //! make (overlapping pod CIDRs, duplicate names).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use crate::manifest::Object;
+use crate::manifest::{ChangedObjects, Object, ObjectKind};
 use crate::node::NodeInfo;
 use crate::policy::PolicyInfo;
 use crate::service::{Protocol, ServiceInfo};
@@ -53,108 +54,243 @@ pub struct DesiredState {
     pub endpoints_from_slices: bool,
     /// (namespace, label key, label value) -> pod keys: selectors look up instead of scanning.
     by_label: BTreeMap<(String, String, String), BTreeSet<String>>,
+    /// The problems of the stored objects, by key (several objects may share one); nodes'
+    /// and nameless objects' problems are recomputed on every pass instead.
+    object_problems: BTreeMap<(ObjectKind, String), Vec<String>>,
 }
 
 impl DesiredState {
     /// Builds the state; objects that are invalid or conflict with an earlier one are left out
     /// and described in the returned problems, so one bad object never takes the rest down.
-    pub fn build<'a>(objects: impl IntoIterator<Item = &'a Object>) -> (Self, Vec<String>) {
+    pub fn build<'a, O: Borrow<Object> + 'a>(
+        objects: impl IntoIterator<Item = &'a O>,
+    ) -> (Self, Vec<String>) {
         Self::build_with_previous(objects, &DesiredState::default())
     }
 
     /// Like `build`, but an invalid NetworkPolicy keeps its valid version from `previous`:
     /// dropping it would open what it closed, and failing everything would cut off pods it
-    /// has nothing to do with.
-    pub fn build_with_previous<'a>(
-        objects: impl IntoIterator<Item = &'a Object>,
+    /// protects.
+    pub fn build_with_previous<'a, O: Borrow<Object> + 'a>(
+        objects: impl IntoIterator<Item = &'a O>,
         previous: &DesiredState,
     ) -> (Self, Vec<String>) {
         let mut state = DesiredState::default();
-        let mut problems = Vec::new();
-        let mut nodes: Vec<NodeInfo> = Vec::new();
-        for object in objects {
-            match object {
-                Object::Node(node) => match NodeInfo::from_node(node) {
-                    Ok(info) => nodes.push(info),
-                    Err(e) => problems.push(e),
-                },
-                Object::Namespace(ns) => {
-                    if let Some(name) = ns.metadata.name.clone() {
-                        let mut labels = ns.metadata.labels.clone().unwrap_or_default();
-                        // Set by the API server on every namespace; selectors rely on it.
-                        labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
-                        state.namespaces.insert(name, labels);
-                    } else {
-                        problems.push("Namespace: metadata.name is missing".into());
+        let problems = state.rebuild(objects, None, previous);
+        (state, problems)
+    }
+
+    /// Brings the state to `objects` (a whole snapshot) when only the objects under
+    /// `changed`'s keys may differ from the ones it was built from: those are rebuilt, the
+    /// rest is kept, so one change costs a pass over the objects instead of a rebuild of
+    /// every Service and Pod. Equal to `build_with_previous(objects, previous)`, problems
+    /// included (a property test holds it to that). Returns the problems and the entries the
+    /// changed keys had before, for consumers that only look at what changed.
+    pub fn update<'a, O: Borrow<Object> + 'a>(
+        &mut self,
+        objects: impl IntoIterator<Item = &'a O>,
+        changed: &ChangedObjects,
+        previous: &DesiredState,
+    ) -> (DesiredState, Vec<String>) {
+        let mut replaced = DesiredState {
+            endpoints_from_slices: self.endpoints_from_slices,
+            ..Default::default()
+        };
+        for (kind, key) in &changed.0 {
+            self.object_problems.remove(&(*kind, key.clone()));
+            match kind {
+                ObjectKind::Namespace => {
+                    move_entry(&mut self.namespaces, &mut replaced.namespaces, key)
+                }
+                ObjectKind::Pod => {
+                    if let Some(pod) = self.pods.remove(key) {
+                        self.unindex_pod(key, &pod);
+                        replaced.pods.insert(key.clone(), pod);
                     }
                 }
-                Object::Pod(pod) => match pod_info(pod) {
-                    Ok(info) => {
-                        state
-                            .pods
-                            .insert(format!("{}/{}", info.namespace, info.name), info);
+                ObjectKind::Service => move_entry(&mut self.services, &mut replaced.services, key),
+                ObjectKind::EndpointSlice => move_entry(
+                    &mut self.endpoint_slices,
+                    &mut replaced.endpoint_slices,
+                    key,
+                ),
+                ObjectKind::NetworkPolicy => {
+                    move_entry(&mut self.policies, &mut replaced.policies, key)
+                }
+                // Nodes are recomputed as a whole: which of two overlapping ones wins depends
+                // on both.
+                ObjectKind::Node => {}
+            }
+        }
+        let problems = self.rebuild(objects, Some(changed), previous);
+        (replaced, problems)
+    }
+
+    /// Adds the objects under `only`'s keys (all of them when None) to a state that holds
+    /// none of them, recomputes the nodes, and returns every problem of the state.
+    fn rebuild<'a, O: Borrow<Object> + 'a>(
+        &mut self,
+        objects: impl IntoIterator<Item = &'a O>,
+        only: Option<&ChangedObjects>,
+        previous: &DesiredState,
+    ) -> Vec<String> {
+        let kinds: BTreeSet<ObjectKind> = match only {
+            Some(changed) => changed.0.iter().map(|(k, _)| *k).collect(),
+            None => ObjectKind::ALL.into_iter().collect(),
+        };
+        let mut nameless = Vec::new();
+        let mut nodes: Vec<&k8s_openapi::api::core::v1::Node> = Vec::new();
+        let mut added_pods = Vec::new();
+        for object in objects {
+            let object: &Object = object.borrow();
+            let Some((kind, meta)) = object.kind_and_meta() else {
+                continue;
+            };
+            if let Object::Node(node) = object {
+                nodes.push(node);
+                continue;
+            }
+            if meta.name.is_none() {
+                // Never stored (no key to store it under); reported on every pass.
+                nameless.extend(self.add_object(object, previous));
+                continue;
+            }
+            if !kinds.contains(&kind) {
+                continue;
+            }
+            let Some(key) = object.key() else { continue };
+            if only.is_some_and(|c| !c.0.contains(&key)) {
+                continue;
+            }
+            let problem = self.add_object(object, previous);
+            if kind == ObjectKind::Pod {
+                added_pods.push(key.1.clone());
+            }
+            if let Some(p) = problem {
+                self.object_problems.entry(key).or_default().push(p);
+            }
+        }
+        for key in added_pods {
+            if let Some(pod) = self.pods.get(&key).cloned() {
+                // A key seen twice is indexed twice; the sets make that harmless.
+                self.index_pod(&key, &pod);
+            }
+        }
+        let mut problems: Vec<String> = self.object_problems.values().flatten().cloned().collect();
+        problems.extend(nameless);
+        problems.extend(self.set_nodes(nodes));
+        problems
+    }
+
+    /// Stores one object's info (a later object under the same key replaces an earlier
+    /// one); the problem when it is unusable.
+    fn add_object(&mut self, object: &Object, previous: &DesiredState) -> Option<String> {
+        match object {
+            Object::Node(_) | Object::Other { .. } => None,
+            Object::Namespace(ns) => {
+                let Some(name) = ns.metadata.name.clone() else {
+                    return Some("Namespace: metadata.name is missing".into());
+                };
+                let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+                // Set by the API server on every namespace; selectors rely on it.
+                labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
+                self.namespaces.insert(name, labels);
+                None
+            }
+            Object::Pod(pod) => match pod_info(pod) {
+                Ok(info) => {
+                    let key = format!("{}/{}", info.namespace, info.name);
+                    if let Some(old) = self.pods.insert(key.clone(), info) {
+                        self.unindex_pod(&key, &old);
                     }
-                    Err(e) => problems.push(e),
-                },
-                Object::Service(svc) => match ServiceInfo::from_service(svc) {
-                    Ok(info) => {
-                        state.services.insert(info.key(), info);
-                    }
-                    Err(e) => problems.push(e),
-                },
-                Object::EndpointSlice(slice) => match EndpointSliceInfo::from_slice(slice) {
-                    Ok(Some(info)) => {
-                        state
-                            .endpoint_slices
-                            .insert(format!("{}/{}", info.namespace, info.name), info);
-                    }
-                    Ok(None) => {}
-                    Err(e) => problems.push(e),
-                },
-                Object::NetworkPolicy(np) => match PolicyInfo::from_policy(np) {
-                    Ok(info) => {
-                        state.policies.insert(info.key(), info);
-                    }
-                    Err(e) => {
-                        let namespace = np.metadata.namespace.as_deref().unwrap_or("default");
-                        let key = np
-                            .metadata
-                            .name
-                            .as_ref()
-                            .map(|n| format!("{namespace}/{n}"));
-                        let kept = key.and_then(|k| previous.policies.get(&k));
-                        match kept {
-                            Some(old) if !state.policies.contains_key(&old.key()) => {
-                                problems.push(format!("{e}; keeping the previous version"));
-                                state.policies.insert(old.key(), old.clone());
-                            }
-                            _ => problems.push(e),
+                    None
+                }
+                Err(e) => Some(e),
+            },
+            Object::Service(svc) => match ServiceInfo::from_service(svc) {
+                Ok(info) => {
+                    self.services.insert(info.key(), info);
+                    None
+                }
+                Err(e) => Some(e),
+            },
+            Object::EndpointSlice(slice) => match EndpointSliceInfo::from_slice(slice) {
+                Ok(Some(info)) => {
+                    self.endpoint_slices
+                        .insert(format!("{}/{}", info.namespace, info.name), info);
+                    None
+                }
+                Ok(None) => None,
+                Err(e) => Some(e),
+            },
+            Object::NetworkPolicy(np) => match PolicyInfo::from_policy(np) {
+                Ok(info) => {
+                    self.policies.insert(info.key(), info);
+                    None
+                }
+                Err(e) => {
+                    let namespace = np.metadata.namespace.as_deref().unwrap_or("default");
+                    let key = np
+                        .metadata
+                        .name
+                        .as_ref()
+                        .map(|n| format!("{namespace}/{n}"));
+                    let kept = key.and_then(|k| previous.policies.get(&k));
+                    match kept {
+                        Some(old) if !self.policies.contains_key(&old.key()) => {
+                            self.policies.insert(old.key(), old.clone());
+                            Some(format!("{e}; keeping the previous version"))
                         }
+                        _ => Some(e),
                     }
-                },
-                Object::Other { .. } => {}
+                }
+            },
+        }
+    }
+
+    fn index_pod(&mut self, key: &str, pod: &PodInfo) {
+        for (k, v) in &pod.labels {
+            self.by_label
+                .entry((pod.namespace.clone(), k.clone(), v.clone()))
+                .or_default()
+                .insert(key.to_string());
+        }
+    }
+
+    fn unindex_pod(&mut self, key: &str, pod: &PodInfo) {
+        for (k, v) in &pod.labels {
+            let label = (pod.namespace.clone(), k.clone(), v.clone());
+            if let Some(keys) = self.by_label.get_mut(&label) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.by_label.remove(&label);
+                }
             }
         }
-        for (key, pod) in &state.pods {
-            for (k, v) in &pod.labels {
-                state
-                    .by_label
-                    .entry((pod.namespace.clone(), k.clone(), v.clone()))
-                    .or_default()
-                    .insert(key.clone());
+    }
+
+    /// Replaces the nodes with those of `objects`; the problems of unusable and conflicting
+    /// ones. Deterministic winner on conflicts: the node whose name sorts first.
+    fn set_nodes(&mut self, objects: Vec<&k8s_openapi::api::core::v1::Node>) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut nodes: Vec<NodeInfo> = Vec::new();
+        for node in objects {
+            match NodeInfo::from_node(node) {
+                Ok(info) => nodes.push(info),
+                Err(e) => problems.push(e),
             }
         }
-        // Deterministic winner on conflicts: the node whose name sorts first.
+        self.nodes.clear();
         nodes.sort();
         for node in nodes {
-            if state.nodes.contains_key(&node.name) {
+            if self.nodes.contains_key(&node.name) {
                 problems.push(format!(
                     "Node {}: defined more than once; keeping the first",
                     node.name
                 ));
                 continue;
             }
-            if let Some(other) = state.nodes.values().find(|o| {
+            if let Some(other) = self.nodes.values().find(|o| {
                 o.pod_cidr.contains(&node.pod_cidr.network())
                     || node.pod_cidr.contains(&o.pod_cidr.network())
             }) {
@@ -164,9 +300,15 @@ impl DesiredState {
                 ));
                 continue;
             }
-            state.nodes.insert(node.name.clone(), node);
+            self.nodes.insert(node.name.clone(), node);
         }
-        (state, problems)
+        problems
+    }
+}
+
+fn move_entry<V>(from: &mut BTreeMap<String, V>, to: &mut BTreeMap<String, V>, key: &str) {
+    if let Some(v) = from.remove(key) {
+        to.insert(key.to_string(), v);
     }
 }
 
@@ -254,6 +396,121 @@ fn pod_info(pod: &k8s_openapi::api::core::v1::Pod) -> Result<PodInfo, String> {
         name,
         ip,
     })
+}
+
+#[cfg(test)]
+mod update_tests {
+    use super::*;
+    use crate::manifest::parse_manifests;
+    use proptest::prelude::*;
+
+    /// One object from a few choices: names repeat (duplicate keys), some are invalid, one
+    /// kind has no name at all, nodes may overlap.
+    fn object(choice: (u8, u8, u8, u8)) -> String {
+        let (kind, name, a, b) = choice;
+        let ns = format!("n{}", a % 2);
+        match kind % 7 {
+            0 => format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{team: t{b}}}}}\n"
+            ),
+            1 => format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: node{}}}\nspec: {{podCIDR: 10.{}.0.0/{}}}\n",
+                name % 3,
+                b % 2,
+                if a % 3 == 0 { 16 } else { 24 }
+            ),
+            2 => format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{}, namespace: {ns}, labels: {{app: a{}}}}}\nspec: {{nodeName: node{}}}\nstatus: {{phase: Running, podIP: {}}}\n",
+                name % 4,
+                b % 3,
+                a % 2,
+                if b == 7 { "bad".to_string() } else { format!("10.0.0.{}", b + 1) }
+            ),
+            3 => format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{}, namespace: {ns}}}\nspec: {{clusterIP: {}, selector: {{app: a{}}}, ports: [{{port: 80}}]}}\n",
+                name % 3,
+                if b == 7 { "nope".to_string() } else { format!("10.96.0.{}", b + 1) },
+                a % 3
+            ),
+            4 => format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: e{}, namespace: {ns}, labels: {{kubernetes.io/service-name: s{}}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints: [{{addresses: [{}]}}]\n",
+                name % 3,
+                b % 3,
+                if b == 7 { "x".to_string() } else { format!("10.0.0.{}", b + 1) }
+            ),
+            5 => format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np{}, namespace: {ns}}}\nspec: {{podSelector: {{matchLabels: {{app: a{}}}}}, policyTypes: [{}]}}\n",
+                name % 3,
+                b % 3,
+                if a == 7 { "Sideways" } else { "Ingress" }
+            ),
+            _ => "apiVersion: v1\nkind: Pod\nmetadata: {namespace: n0}\n".to_string(),
+        }
+    }
+
+    fn objects(choices: &[(u8, u8, u8, u8)]) -> Vec<Object> {
+        choices
+            .iter()
+            .map(|c| parse_manifests("t", &object(*c)).unwrap().remove(0))
+            .collect()
+    }
+
+    /// What a source reports: every key under which any object differs, appeared or went.
+    fn changed_between(old: &[Object], new: &[Object]) -> ChangedObjects {
+        let group = |objects: &[Object]| {
+            let mut by_key: BTreeMap<(ObjectKind, String), Vec<Object>> = BTreeMap::new();
+            for o in objects {
+                if let Some(k) = o.key() {
+                    by_key.entry(k).or_default().push(o.clone());
+                }
+            }
+            by_key
+        };
+        let (a, b) = (group(old), group(new));
+        ChangedObjects(
+            a.keys()
+                .chain(b.keys())
+                .filter(|k| a.get(*k) != b.get(*k))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    fn choices() -> impl Strategy<Value = Vec<(u8, u8, u8, u8)>> {
+        proptest::collection::vec((0u8..7, 0u8..4, 0u8..8, 0u8..8), 0..14)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Updating with the change list gives exactly what a full build gives, problems too
+        /// (a superset of the changed keys as well), and hands back what the changed keys had.
+        #[test]
+        fn an_update_equals_a_full_build(
+            c1 in choices(), c2 in choices(), kept in choices(), extra in choices(),
+        ) {
+            let (o1, o2) = (objects(&c1), objects(&c2));
+            let previous = DesiredState::build(&objects(&kept)).0;
+            let (mut state, _) = DesiredState::build_with_previous(&o1, &previous);
+            let before = state.clone();
+            let mut changed = changed_between(&o1, &o2);
+            changed.0.extend(objects(&extra).iter().filter_map(Object::key));
+            let (replaced, mut problems) = state.update(&o2, &changed, &previous);
+            let (full, mut full_problems) = DesiredState::build_with_previous(&o2, &previous);
+            prop_assert_eq!(&state, &full);
+            problems.sort();
+            full_problems.sort();
+            prop_assert_eq!(problems, full_problems);
+            for (kind, key) in &changed.0 {
+                if *kind == ObjectKind::Pod {
+                    prop_assert_eq!(replaced.pods.get(key), before.pods.get(key));
+                }
+                if *kind == ObjectKind::Service {
+                    prop_assert_eq!(replaced.services.get(key), before.services.get(key));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

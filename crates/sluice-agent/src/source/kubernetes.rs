@@ -94,9 +94,9 @@ impl Source for KubernetesSource {
 /// What one kind's watcher knows.
 #[derive(Default)]
 struct KindState {
-    objects: BTreeMap<String, Object>,
+    objects: BTreeMap<String, Arc<Object>>,
     /// A relist in progress; it replaces `objects` when complete.
-    relisting: Option<BTreeMap<String, Object>>,
+    relisting: Option<BTreeMap<String, Arc<Object>>>,
     synced: bool,
     error: Option<String>,
 }
@@ -276,7 +276,7 @@ async fn follow<K>(
                             state
                                 .relisting
                                 .get_or_insert_with(BTreeMap::new)
-                                .insert(key, object);
+                                .insert(key, Arc::new(object));
                         }
                     }
                     Event::InitDone => {
@@ -290,7 +290,7 @@ async fn follow<K>(
                     Event::Apply(o) => {
                         if let Some((key, object)) = keyed(to_object(o)) {
                             keys.note(&object);
-                            state.objects.insert(key, object);
+                            state.objects.insert(key, Arc::new(object));
                             changed = true;
                         }
                     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
@@ -28,7 +28,7 @@ impl ManifestDir {
 /// One file as last read: its signature (mtime, length) and its objects.
 struct FileState {
     signature: (Option<SystemTime>, u64),
-    objects: Vec<Object>,
+    objects: Vec<Arc<Object>>,
     problem: Option<String>,
 }
 
@@ -75,9 +75,8 @@ impl Scanner {
                     let origin = path.display().to_string();
                     let parsed = std::fs::read_to_string(&path)
                         .map_err(|e| format!("{origin}: {e}"))
-                        .and_then(|text| {
-                            parse_manifests(&origin, &text).map_err(|e| e.to_string())
-                        });
+                        .and_then(|text| parse_manifests(&origin, &text).map_err(|e| e.to_string()))
+                        .map(|objects| objects.into_iter().map(Arc::new).collect::<Vec<_>>());
                     let previous = self.files.remove(&path);
                     for o in previous.iter().flat_map(|p| &p.objects) {
                         keys.note(o);

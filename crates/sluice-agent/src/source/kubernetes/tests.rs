@@ -253,7 +253,7 @@ async fn wait_watching(api: &FakeApi, resources: &[&str]) {
 fn kinds(s: &Snapshot) -> BTreeMap<&'static str, usize> {
     let mut out = BTreeMap::new();
     for o in &s.objects {
-        let k = match o {
+        let k = match &**o {
             Object::Node(_) => "Node",
             Object::Namespace(_) => "Namespace",
             Object::Pod(_) => "Pod",
