@@ -26,9 +26,8 @@ pub enum Arm {
     Nftables,
     Sluice,
     SluiceNoSocketLb,
-    /// The sluice lab's own floor: the client straight to a backend pod, no Service. Measured
-    /// with the sluice arm (pods on one node: the datapath redirects veth to veth, so this
-    /// path is shorter than the plain topology's routed one).
+    /// The sluice datapath without a Service: the client straight to a pod no Service selects,
+    /// in the same kind of lab.
     SluicePodToPod,
 }
 
@@ -43,17 +42,12 @@ impl Arm {
         Arm::SluicePodToPod,
     ];
 
-    /// The arm measuring the same topology without any Service.
-    pub fn floor(self) -> Arm {
-        match self {
-            Arm::Sluice | Arm::SluiceNoSocketLb | Arm::SluicePodToPod => Arm::SluicePodToPod,
-            _ => Arm::NoRules,
-        }
-    }
-
     /// Runs in a sluice lab (not on the plain topology).
     pub fn in_lab(self) -> bool {
-        self.floor() == Arm::SluicePodToPod
+        matches!(
+            self,
+            Arm::Sluice | Arm::SluiceNoSocketLb | Arm::SluicePodToPod
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -87,10 +81,12 @@ pub struct Measurement {
     pub crr_p50_us: f64,
     pub crr_p99_us: f64,
     pub crr_errors: u64,
-    /// CRR p50 of the arm's floor measured interleaved with this run (the sluice arms: the
-    /// client straight to a backend pod in the same lab), µs.
+    /// CRR p50 of the no-rules floor measured interleaved with this run (the sluice arms), µs.
     #[serde(default)]
     pub floor_crr_p50_us: Option<f64>,
+    /// Stream throughput of the no-rules floor measured interleaved with this run, Gbit/s.
+    #[serde(default)]
+    pub floor_stream_gbps: Option<f64>,
     pub rr_p50_us: f64,
     pub rr_p99_us: f64,
     /// Requests answered in the RR run (and failures: 0 unless the connection broke).
@@ -251,57 +247,77 @@ fn run_client(
     serde_json::from_slice(&out.stdout).map_err(|e| format!("the load client's output: {e}"))
 }
 
-/// Rounds the CRR run is split into when a floor is measured alongside: the target and the
-/// floor alternate (order flipped each round), so both see the same machine, moment by moment.
+/// Rounds a run is split into when the floor is measured alongside: the target and the floor
+/// alternate (order flipped each round), so both see the same machine, moment by moment.
 const FLOOR_ROUNDS: u32 = 6;
 
-/// CRR to `target` for `d` (and, given `floor`, to the floor for as long, interleaved): the
-/// target's pooled sample, the floor's, and the busy CPU seconds during the target's rounds.
-fn crr_rounds(
+/// Where the floor is measured: the no-rules topology's client and backend, up while an arm
+/// runs so each run can alternate with it.
+pub struct Floor<'a> {
+    pub client: &'a dyn Fn() -> Command,
+    pub target: SocketAddr,
+}
+
+/// `mode` runs (crr or stream) of the target for `d`, and of the floor for as long,
+/// interleaved: the target's samples, the floor's, and the busy CPU seconds during the
+/// target's rounds.
+fn rounds(
+    mode: &str,
     client: &dyn Fn() -> Command,
     target: SocketAddr,
-    floor: Option<SocketAddr>,
+    floor: Option<&Floor>,
     d: Duration,
-) -> Result<(Sample, Option<Sample>, f64), String> {
+) -> Result<(Vec<Sample>, Vec<Sample>, f64), String> {
     let Some(floor) = floor else {
         let cpu0 = load::busy_cpu_seconds();
-        let crr = run_client(client(), "crr", target, d)?;
-        return Ok((crr, None, load::busy_cpu_seconds() - cpu0));
+        let sample = run_client(client(), mode, target, d)?;
+        return Ok((vec![sample], Vec::new(), load::busy_cpu_seconds() - cpu0));
     };
     let slice = d / FLOOR_ROUNDS;
     let (mut ours, mut floors, mut cpu) = (Vec::new(), Vec::new(), 0.0);
     for round in 0..FLOOR_ROUNDS {
         let mut run_target = || -> Result<(), String> {
             let cpu0 = load::busy_cpu_seconds();
-            ours.push(run_client(client(), "crr", target, slice)?);
+            ours.push(run_client(client(), mode, target, slice)?);
             cpu += load::busy_cpu_seconds() - cpu0;
             Ok(())
         };
         if round % 2 == 0 {
             run_target()?;
-            floors.push(run_client(client(), "crr", floor, slice)?);
+            floors.push(run_client((floor.client)(), mode, floor.target, slice)?);
         } else {
-            floors.push(run_client(client(), "crr", floor, slice)?);
+            floors.push(run_client((floor.client)(), mode, floor.target, slice)?);
             run_target()?;
         }
     }
-    Ok((Sample::merge(&ours), Some(Sample::merge(&floors)), cpu))
+    Ok((ours, floors, cpu))
 }
 
-/// Measures `target`; `floor` (the same path without a Service) is measured interleaved with
-/// the CRR run, so the comparison the targets are about is made under equal conditions.
+/// Mean throughput of stream rounds, Gbit/s, and whether any broke.
+fn stream_gbps(runs: &[Sample]) -> (f64, bool) {
+    let mean = runs.iter().map(Sample::rate).sum::<f64>() / runs.len().max(1) as f64;
+    (mean * 8.0 / 1e9, runs.iter().any(|r| r.errors > 0))
+}
+
+/// Measures `target`. Given the floor (the kernel's path on the same interfaces without any
+/// program or rule), the CRR and stream runs alternate with it, so the comparisons the targets
+/// are about are made under equal conditions.
 fn measure(
     arm: Arm,
     services: usize,
     load_seconds: f64,
     client: &dyn Fn() -> Command,
     target: SocketAddr,
-    floor: Option<SocketAddr>,
+    floor: Option<&Floor>,
     d: Duration,
 ) -> Result<Measurement, String> {
     // Warm up (ARP, conntrack, caches), then measure.
     run_client(client(), "crr", target, Duration::from_millis(200))?;
-    let (crr, floor_crr, cpu) = crr_rounds(client, target, floor, d)?;
+    if let Some(f) = floor {
+        run_client((f.client)(), "crr", f.target, Duration::from_millis(200))?;
+    }
+    let (crr, floor_crr, cpu) = rounds("crr", client, target, floor, d)?;
+    let crr = Sample::merge(&crr);
     if crr.count == 0 {
         return Err(format!(
             "{}: no connection to {target} succeeded ({} errors)",
@@ -310,7 +326,8 @@ fn measure(
         ));
     }
     let rr = run_client(client(), "rr", target, d)?;
-    let stream = run_client(client(), "stream", target, d)?;
+    let (stream, floor_stream, _) = rounds("stream", client, target, floor, d)?;
+    let (stream, stream_failed) = stream_gbps(&stream);
     Ok(Measurement {
         arm,
         services,
@@ -319,14 +336,15 @@ fn measure(
         crr_p50_us: crr.p50_us,
         crr_p99_us: crr.p99_us,
         crr_errors: crr.errors,
-        floor_crr_p50_us: floor_crr.map(|f| f.p50_us),
+        floor_crr_p50_us: floor.map(|_| Sample::merge(&floor_crr).p50_us),
+        floor_stream_gbps: floor.map(|_| stream_gbps(&floor_stream).0),
         rr_p50_us: rr.p50_us,
         rr_p99_us: rr.p99_us,
         rr_count: rr.count,
         rr_errors: rr.errors,
         cpu_us_per_conn: cpu * 1e6 / crr.count as f64,
-        stream_gbps: stream.rate() * 8.0 / 1e9,
-        stream_failed: stream.errors > 0,
+        stream_gbps: stream,
+        stream_failed,
         update_ms: None,
         agent_update_ms: None,
     })
@@ -521,6 +539,19 @@ pub fn sluice_arm(
         quiet: true,
         ..Default::default()
     };
+    // The no-rules floor, up beside the lab so every run can alternate with it.
+    let plain = Topology::build(&format!("{}f", s.prefix), 1)?;
+    let plain_client_ns = format!("{}fc", s.prefix);
+    let plain_client = || {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &plain_client_ns])
+            .arg(&s.sluice_bin);
+        c
+    };
+    let no_rules = Floor {
+        client: &plain_client,
+        target: SocketAddr::from((plain.backends[0], BACKEND_PORT)),
+    };
     let lab = sluice_lab::Lab::up(
         cluster_file(
             &name,
@@ -545,8 +576,8 @@ pub fn sluice_arm(
         servers.spawn(fd, SocketAddr::from((ip, BACKEND_PORT)))?;
         backends.push(ip.to_string());
     }
-    // A client that reaches a backend both directly and through the Service could reuse a
-    // port towards it while the backend still holds the earlier connection in TIME_WAIT.
+    // sluice-pod-to-pod's target: a pod no Service selects (a client reaching a backend both
+    // directly and through the VIP could reuse a port against the backend's own TIME_WAIT).
     let floor_pod = SocketAddr::from((
         lab.pod_ip("bench/floor").map_err(|e| e.to_string())?,
         BACKEND_PORT,
@@ -570,7 +601,7 @@ pub fn sluice_arm(
         let (target, floor) = if arm == Arm::SluicePodToPod {
             (floor_pod, None)
         } else {
-            (SocketAddr::from((VIP, 80)), Some(floor_pod))
+            (SocketAddr::from((VIP, 80)), Some(&no_rules))
         };
         let mut m = measure(arm, n, load_seconds, &client, target, floor, s.duration)?;
         if arm != Arm::SluicePodToPod {
@@ -597,6 +628,7 @@ pub fn sluice_arm(
     }
     drop(servers);
     lab.down().map_err(|e| format!("lab down: {e}"))?;
+    drop(plain);
     Ok(out)
 }
 
