@@ -87,7 +87,13 @@ fn spawn_server(
                     std::thread::spawn(move || serve(s, &me));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_micros(200));
+                    // Wait for the next connection, waking now and then to see `stop`. (A
+                    // sleep between attempts would add up to its length to every new
+                    // connection's measured latency.)
+                    use nix::poll::{PollFd, PollFlags, PollTimeout};
+                    use std::os::fd::AsFd;
+                    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+                    let _ = nix::poll::poll(&mut fds, PollTimeout::from(50u16));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(1)),
             }
