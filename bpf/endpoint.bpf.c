@@ -52,7 +52,7 @@ int from_container(struct __sk_buff *skb)
 		int verdict = lb4_service_step(skb, point, saddr, &daddr, &t, 0, 0, &outcome);
 		if (verdict != SERVICE_CONTINUE)
 			return verdict;
-		if (!outcome)
+		if (!outcome && lb4_starts_connection(&t))
 			lb4_forget_stale_reply(saddr, daddr, &t);
 		if (outcome == SLUICE_OUTCOME_DNAT) {
 			flow.daddr = daddr;

@@ -61,7 +61,7 @@ static __always_inline int lb4_maglev(__u32 saddr, __u32 daddr, const struct l4_
 static __always_inline struct lb4_backend *lb4_select(__u32 client, __u32 vip, const struct l4_tuple *t,
 						       const struct lb4_service *svc, __u32 *backend_id)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = flow_clock_ns();
 	struct lb4_affinity_key akey = { .client = client, .rev_nat_id = svc->rev_nat_id };
 
 	if (svc->flags & SLUICE_SVC_AFFINITY) {
@@ -124,7 +124,7 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 		.saddr = saddr, .daddr = daddr, .sport = t->sport, .dport = t->dport,
 		.proto = t->proto, .dir = SLUICE_CT_SERVICE,
 	};
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = flow_clock_ns();
 	struct ct4_entry *ct = bpf_map_lookup_elem(&sluice_ct4, &fwd);
 	/* A bare SYN starts a new connection even if the tuple is reused. */
 	int new_tcp = t->proto == IPPROTO_TCP &&
@@ -204,7 +204,7 @@ static __always_inline enum lb_verdict lb4_reverse(struct __sk_buff *skb, __u32 
 	struct ct4_entry *ct = bpf_map_lookup_elem(&sluice_ct4, &rev);
 	if (!ct)
 		return LB_PASS;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = flow_clock_ns();
 	__u64 lifetime = t->proto == IPPROTO_TCP ? SLUICE_CT_LIFETIME_TCP_NS : SLUICE_CT_LIFETIME_UDP_NS;
 	if (older_than(now, ct->last_seen_ns, lifetime))
 		return LB_PASS;  /* an expired connection's entry translates nothing */
@@ -219,6 +219,13 @@ static __always_inline enum lb_verdict lb4_reverse(struct __sk_buff *skb, __u32 
 		return LB_DROP;
 	}
 	return LB_DONE;
+}
+
+/* Whether a packet may start a connection: a bare TCP SYN; any UDP datagram. */
+static __always_inline int lb4_starts_connection(const struct l4_tuple *t)
+{
+	return t->proto != IPPROTO_TCP ||
+	       (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
 
 /*

@@ -47,6 +47,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_metrics SEC(".maps");
 
+/* The counters every forwarded packet bumps (no reason): an array slot, which the verifier
+ * inlines, instead of a hash lookup per packet. sluice_metrics keeps drops and rejects. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct metrics_value);
+	__uint(max_entries, SLUICE_POINTS * SLUICE_OUTCOMES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_metrics_plain SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct lb4_key);
@@ -159,6 +169,21 @@ struct {
 	__uint(max_entries, SLUICE_MAX_FLOW_SEEN);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_flow_seen SEC(".maps");
+
+/* Per CPU and observation point, the flow whose report was last decided and when it was
+ * last reported: a stream's packets mostly follow each other on one CPU, and this answers
+ * them without a shared-map lookup (not pinned: a cache, rebuilt after a reload). */
+struct flow_seen_recent {
+	struct flow_seen_key key;
+	__u64 reported_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct flow_seen_recent);
+	__uint(max_entries, SLUICE_POINTS);
+} sluice_flow_seen_recent SEC(".maps");
 
 /* The event being assembled for the packet a program is handling (not pinned: it lives only
  * while one program runs on this CPU). */

@@ -22,6 +22,15 @@ static __always_inline void count(struct __sk_buff *skb, __u8 point, __u8 outcom
 	default:
 		break;
 	}
+	if (!reason) {
+		__u32 slot = (__u32)point * SLUICE_OUTCOMES + outcome;
+		struct metrics_value *plain = bpf_map_lookup_elem(&sluice_metrics_plain, &slot);
+		if (plain) {
+			plain->packets += 1;
+			plain->bytes += skb->len;
+		}
+		return;
+	}
 	struct metrics_key key = { .point = point, .outcome = outcome, .reason = reason };
 	struct metrics_value *v = bpf_map_lookup_elem(&sluice_metrics, &key);
 

@@ -243,7 +243,7 @@ static __always_inline __u16 policy_enforce(struct __sk_buff *skb, __u8 point,
 		return 0;
 	struct datapath_config *cfg = datapath_config();
 	__u32 revision = cfg ? cfg->policy_revision : 0;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = flow_clock_ns();
 	__u64 lifetime = f->proto == IPPROTO_TCP ? SLUICE_CT_LIFETIME_TCP_NS : SLUICE_CT_LIFETIME_UDP_NS;
 	__u8 other = dir == SLUICE_POLICY_INGRESS ? SLUICE_POLICY_EGRESS : SLUICE_POLICY_INGRESS;
 

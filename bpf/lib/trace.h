@@ -101,11 +101,24 @@ static __always_inline int trace_due(const struct flow_event *ev, __u64 now)
 	};
 	int flags_change = ev->proto == IPPROTO_TCP &&
 			   (ev->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST));
-	__u64 *last = bpf_map_lookup_elem(&sluice_flow_seen, &key);
-	if (last && !flags_change && !older_than(now, *last, SLUICE_AGGREGATION_INTERVAL_NS))
+	__u32 slot = ev->point;
+	struct flow_seen_recent *recent = bpf_map_lookup_elem(&sluice_flow_seen_recent, &slot);
+	int same = recent && recent->key.saddr == key.saddr && recent->key.daddr == key.daddr &&
+		   recent->key.sport == key.sport && recent->key.dport == key.dport &&
+		   recent->key.proto == key.proto && recent->key.point == key.point;
+	if (same && !flags_change &&
+	    !older_than(now, recent->reported_ns, SLUICE_AGGREGATION_INTERVAL_NS))
 		return 0;
-	bpf_map_update_elem(&sluice_flow_seen, &key, &now, BPF_ANY);
-	return 1;
+	__u64 *last = bpf_map_lookup_elem(&sluice_flow_seen, &key);
+	int due = !last || flags_change || older_than(now, *last, SLUICE_AGGREGATION_INTERVAL_NS);
+	__u64 reported = due || !last ? now : *last;
+	if (due)
+		bpf_map_update_elem(&sluice_flow_seen, &key, &now, BPF_ANY);
+	if (recent) {
+		recent->key = key;
+		recent->reported_ns = reported;
+	}
+	return due;
 }
 
 /* Sends the packet's event as it leaves with `outcome` (a drop or reject: `reason`). A
@@ -116,19 +129,18 @@ static __attribute__((noinline, unused)) int trace_emit(struct __sk_buff *skb, _
 	struct flow_event *ev = trace_state();
 	if (!ev)
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
 	int dropped = outcome == SLUICE_OUTCOME_DROP || outcome == SLUICE_OUTCOME_REJECT;
 	if (!dropped) {
 		if (!ev->saddr && !ev->daddr)
 			return 0;  /* not IPv4: nothing to say */
-		if (!trace_due(ev, now))
+		if (!trace_due(ev, flow_clock_ns()))
 			return 0;
 	}
 	ev->type = dropped ? SLUICE_EVENT_DROP : SLUICE_EVENT_TRACE;
 	ev->outcome = outcome;
 	ev->reason = reason;
 	ev->len = skb->len;
-	ev->ktime_ns = now;
+	ev->ktime_ns = bpf_ktime_get_ns();
 	events_output(ev);
 	return 0;
 }

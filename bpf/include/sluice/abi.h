@@ -14,6 +14,8 @@
 #define SLUICE_MAX_ENDPOINTS 65536
 #define SLUICE_MAX_TUNNELS 16384
 #define SLUICE_MAX_METRICS 1024
+/* Counters without a reason live in an array indexed point * SLUICE_OUTCOMES + outcome. */
+#define SLUICE_OUTCOMES 16
 #define SLUICE_MAX_LB_SLOTS 262144
 #define SLUICE_MAX_BACKENDS 65536
 #define SLUICE_MAX_REVNAT 65536
@@ -120,6 +122,7 @@
 /* Observation points of socket-LB (flow_event.point for SLUICE_EVENT_TRACE_SOCK and its drops). */
 #define SLUICE_POINT_SOCK_CONNECT 6
 #define SLUICE_POINT_SOCK_SENDMSG 7
+#define SLUICE_POINTS 8  /* one more than the largest SLUICE_POINT_* */
 
 /* datapath_config.monitor_aggregation: which trace events reach the ring buffer. Drops and
  * policy verdicts are always sent. */
@@ -276,7 +279,7 @@ struct ct4_key {
  * (the original client, undoing SNAT/hairpin).
  */
 struct ct4_entry {
-	__u64 last_seen_ns;  /* bpf_ktime_get_ns() of the last packet */
+	__u64 last_seen_ns;  /* flow_clock_ns() of the last packet (CLOCK_MONOTONIC) */
 	__u32 nat_address;
 	__u16 nat_port;
 	__u16 flags;         /* reserved, 0 */

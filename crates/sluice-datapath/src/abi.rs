@@ -12,6 +12,10 @@ pub const POINT_TO_ENDPOINT: u8 = 2;
 pub const POINT_FROM_OVERLAY: u8 = 3;
 pub const POINT_TO_OVERLAY: u8 = 4;
 pub const POINT_FROM_NETDEV: u8 = 5;
+/// One more than the largest point (abi.h SLUICE_POINTS).
+pub const POINTS: u32 = 8;
+/// Outcome slots per point in the plain counters (abi.h SLUICE_OUTCOMES).
+pub const OUTCOMES: u32 = 16;
 
 pub const OUTCOME_TO_STACK: u8 = 1;
 pub const OUTCOME_REDIRECT: u8 = 2;

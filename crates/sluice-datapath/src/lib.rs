@@ -27,7 +27,8 @@ pub use abi::{DatapathConfig, EndpointInfo, EndpointKey, MetricsKey, MetricsValu
 pub use error::{Error, Result};
 pub use loader::{MapSizes, FROM_CONTAINER, FROM_NETDEV, FROM_OVERLAY, TO_CONTAINER, TO_OVERLAY};
 pub use objects::{
-    MAP_CONFIG, MAP_ENDPOINTS, MAP_EVENTS, MAP_EVENTS_LOST, MAP_METRICS, MAP_TUNNELS,
+    MAP_CONFIG, MAP_ENDPOINTS, MAP_EVENTS, MAP_EVENTS_LOST, MAP_METRICS, MAP_METRICS_PLAIN,
+    MAP_TUNNELS,
 };
 
 use abi::{ip_from_be, ip_to_be};
@@ -40,6 +41,7 @@ pub struct Datapath {
     tunnels: LpmTrie<MapData, u32, TunnelInfo>,
     config: Array<MapData, DatapathConfig>,
     metrics: PerCpuHashMap<MapData, MetricsKey, MetricsValue>,
+    metrics_plain: PerCpuArray<MapData, MetricsValue>,
     events_lost: PerCpuArray<MapData, abi::EventsLost>,
     lb: lb::LbMaps,
     policy: policy::PolicyMaps,
@@ -69,6 +71,8 @@ impl Datapath {
             Array::try_from(take(MAP_CONFIG, &mut objects)?).map_err(map_err(MAP_CONFIG))?;
         let metrics = PerCpuHashMap::try_from(take(MAP_METRICS, &mut objects)?)
             .map_err(map_err(MAP_METRICS))?;
+        let metrics_plain = PerCpuArray::try_from(take(MAP_METRICS_PLAIN, &mut objects)?)
+            .map_err(map_err(MAP_METRICS_PLAIN))?;
         let events_lost = PerCpuArray::try_from(take(MAP_EVENTS_LOST, &mut objects)?)
             .map_err(map_err(MAP_EVENTS_LOST))?;
         let lb = lb::LbMaps::take(&mut objects.endpoint)?;
@@ -80,6 +84,7 @@ impl Datapath {
             tunnels,
             config,
             metrics,
+            metrics_plain,
             events_lost,
             lb,
             policy,
@@ -309,18 +314,35 @@ impl Datapath {
         self.set_config(config)
     }
 
-    /// Counters summed over CPUs, sorted by key.
+    /// Counters summed over CPUs, sorted by key: the plain (reason-less) array's non-zero
+    /// slots and the reasoned hash's entries.
     pub fn metrics(&self) -> Result<Vec<(MetricsKey, MetricsValue)>> {
-        let mut out = Vec::new();
-        for entry in self.metrics.iter() {
-            let (key, per_cpu) = entry.map_err(map_err(MAP_METRICS))?;
-            let total = per_cpu
+        let sum = |per_cpu: &aya::maps::PerCpuValues<MetricsValue>| {
+            per_cpu
                 .iter()
                 .fold(MetricsValue::default(), |acc, v| MetricsValue {
                     packets: acc.packets + v.packets,
                     bytes: acc.bytes + v.bytes,
-                });
-            out.push((key, total));
+                })
+        };
+        let mut out = Vec::new();
+        for slot in 0..abi::POINTS * abi::OUTCOMES {
+            let total = sum(&self
+                .metrics_plain
+                .get(&slot, 0)
+                .map_err(map_err(MAP_METRICS_PLAIN))?);
+            if total.packets > 0 {
+                let key = MetricsKey {
+                    point: (slot / abi::OUTCOMES) as u8,
+                    outcome: (slot % abi::OUTCOMES) as u8,
+                    reason: 0,
+                };
+                out.push((key, total));
+            }
+        }
+        for entry in self.metrics.iter() {
+            let (key, per_cpu) = entry.map_err(map_err(MAP_METRICS))?;
+            out.push((key, sum(&per_cpu)));
         }
         out.sort_by_key(|(k, _)| *k);
         Ok(out)

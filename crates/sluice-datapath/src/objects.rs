@@ -11,6 +11,8 @@ pub const MAP_ENDPOINTS: &str = "sluice_endpoints";
 pub const MAP_TUNNELS: &str = "sluice_tunnels";
 pub const MAP_CONFIG: &str = "sluice_config";
 pub const MAP_METRICS: &str = "sluice_metrics";
+/// Counters without a reason, indexed `point * OUTCOMES + outcome`.
+pub const MAP_METRICS_PLAIN: &str = "sluice_metrics_plain";
 /// tc program for the node's uplink: `from_netdev`.
 pub static HOST: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/host.bpf.o"));
 /// cgroup socket-LB programs: `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4`,
