@@ -63,6 +63,13 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct iphdr *ip, str
 	return 0;
 }
 
+/* A bare TCP SYN: the first packet of a connection, never a reply (ports' flags byte). */
+static __always_inline int tcp_bare_syn(const struct l4_tuple *t)
+{
+	return t->proto == IPPROTO_TCP &&
+	       (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
 /* Starts the packet's flow event with its tuple, given parse_l4's result for it (ICMP: type
  * << 8 | code as source port). */
 static __always_inline void trace_l4(struct __sk_buff *skb, struct iphdr *ip,

@@ -125,13 +125,12 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 		.proto = t->proto, .dir = SLUICE_CT_SERVICE,
 	};
 	__u64 now = flow_clock_ns();
-	struct ct4_entry *ct = bpf_map_lookup_elem(&sluice_ct4, &fwd);
-	/* A bare SYN starts a new connection even if the tuple is reused. */
-	int new_tcp = t->proto == IPPROTO_TCP &&
-		      (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	/* A bare SYN starts a new connection even if the tuple is reused: no need to look. */
+	int new_tcp = tcp_bare_syn(t);
+	struct ct4_entry *ct = new_tcp ? 0 : bpf_map_lookup_elem(&sluice_ct4, &fwd);
 
 	__u64 lifetime = t->proto == IPPROTO_TCP ? SLUICE_CT_LIFETIME_TCP_NS : SLUICE_CT_LIFETIME_UDP_NS;
-	if (ct && !new_tcp && !older_than(now, ct->last_seen_ns, lifetime)) {
+	if (ct && !older_than(now, ct->last_seen_ns, lifetime)) {
 		ct->last_seen_ns = now;
 		*new_daddr = ct->nat_address;
 		trace_dnat(daddr, t->dport, ct->nat_address, ct->nat_port);
@@ -197,6 +196,8 @@ static __always_inline enum lb_verdict lb4_reverse(struct __sk_buff *skb, __u32 
 						   const struct l4_tuple *t, __u32 *new_daddr,
 						   __u16 *reason)
 {
+	if (tcp_bare_syn(t))
+		return LB_PASS;  /* a connection's first packet is no reply */
 	struct ct4_key rev = {
 		.saddr = saddr, .daddr = daddr, .sport = t->sport, .dport = t->dport,
 		.proto = t->proto, .dir = SLUICE_CT_REPLY,
@@ -224,8 +225,7 @@ static __always_inline enum lb_verdict lb4_reverse(struct __sk_buff *skb, __u32 
 /* Whether a packet may start a connection: a bare TCP SYN; any UDP datagram. */
 static __always_inline int lb4_starts_connection(const struct l4_tuple *t)
 {
-	return t->proto != IPPROTO_TCP ||
-	       (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	return t->proto != IPPROTO_TCP || tcp_bare_syn(t);
 }
 
 /*

@@ -151,27 +151,36 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_events_lost SEC(".maps");
 
-/* Aggregation: when each flow was last reported, per observation point. */
+/* Aggregation: per connection (endpoints in address order), when it was last reported at
+ * each observation point of the tc programs, in each direction. */
 struct flow_seen_key {
-	__u32 saddr;
-	__u32 daddr;
-	__u16 sport;
-	__u16 dport;
+	__u32 addr_a;
+	__u32 addr_b;
+	__u16 port_a;
+	__u16 port_b;
 	__u8 proto;
-	__u8 point;
-	__u16 pad;
+	__u8 pad[3];
+};
+
+/* Slot (point - 1) * 2 + direction (1: from addr_b to addr_a), for points 1..5; a power of
+ * two, so an index masked with SLUICE_FLOW_SEEN_SLOTS - 1 is in bounds for the verifier. */
+#define SLUICE_FLOW_SEEN_SLOTS 16
+
+/* Times in units of 2^20 ns (about 1 ms; 0: never), small enough for a stack copy. */
+struct flow_seen {
+	__u32 reported[SLUICE_FLOW_SEEN_SLOTS];
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct flow_seen_key);
-	__type(value, __u64);
+	__type(value, struct flow_seen);
 	__uint(max_entries, SLUICE_MAX_FLOW_SEEN);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_flow_seen SEC(".maps");
 
-/* Per CPU and observation point, the flow whose report was last decided and when it was
- * last reported: a stream's packets mostly follow each other on one CPU, and this answers
+/* Per CPU and flow-seen slot, the flow whose report was last decided and when it was
+ * last reported there: a stream's packets mostly follow each other on one CPU, and this answers
  * them without a shared-map lookup (not pinned: a cache, rebuilt after a reload). */
 struct flow_seen_recent {
 	struct flow_seen_key key;
@@ -182,7 +191,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct flow_seen_recent);
-	__uint(max_entries, SLUICE_POINTS);
+	__uint(max_entries, SLUICE_FLOW_SEEN_SLOTS);
 } sluice_flow_seen_recent SEC(".maps");
 
 /* The event being assembled for the packet a program is handling (not pinned: it lives only

@@ -85,9 +85,25 @@ static __always_inline void trace_revnat(__u32 front_addr, __u16 front_port)
 	ev->svc_port = front_port;
 }
 
+/* A flow-seen time: flow_clock_ns in units of 2^20 ns, never 0 (0 is "never reported"). */
+static __always_inline __u32 seen_stamp(__u64 now)
+{
+	return (__u32)(now >> 20) | 1;
+}
+
+/* Whether the report at `last` is an aggregation interval before `at`; a `last` a little
+ * ahead (another CPU's clock) is fresh, and the 32-bit stamps may wrap. */
+static __always_inline int seen_stamp_expired(__u32 at, __u32 last)
+{
+	return (__s32)(at - last) >= (__s32)(SLUICE_AGGREGATION_INTERVAL_NS >> 20);
+}
+
 /*
  * Medium aggregation: report a flow at a point when it is new (or was last reported long
- * ago) and on every TCP SYN, FIN and RST.
+ * ago) and on every TCP SYN, FIN and RST. One entry per connection (its tuple in a fixed
+ * order) holds the time of the last report for each point and direction, so a short
+ * connection inserts one LRU element per node instead of one per point and direction
+ * (an LRU insert takes a fresh element and, when the map is full, evicts one).
  */
 static __always_inline int trace_due(const struct flow_event *ev, __u64 now)
 {
@@ -95,25 +111,44 @@ static __always_inline int trace_due(const struct flow_event *ev, __u64 now)
 	struct datapath_config *cfg = bpf_map_lookup_elem(&sluice_config, &zero);
 	if (!cfg || cfg->monitor_aggregation == SLUICE_AGGREGATION_NONE)
 		return 1;
+	int reversed = ev->saddr > ev->daddr || (ev->saddr == ev->daddr && ev->sport > ev->dport);
+	__u32 slot = ((__u32)ev->point - 1) * 2 + reversed;
+	if (slot >= SLUICE_FLOW_SEEN_SLOTS)
+		return 1;
 	struct flow_seen_key key = {
-		.saddr = ev->saddr, .daddr = ev->daddr, .sport = ev->sport, .dport = ev->dport,
-		.proto = ev->proto, .point = ev->point,
+		.addr_a = reversed ? ev->daddr : ev->saddr,
+		.addr_b = reversed ? ev->saddr : ev->daddr,
+		.port_a = reversed ? ev->dport : ev->sport,
+		.port_b = reversed ? ev->sport : ev->dport,
+		.proto = ev->proto,
 	};
 	int flags_change = ev->proto == IPPROTO_TCP &&
 			   (ev->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST));
-	__u32 slot = ev->point;
 	struct flow_seen_recent *recent = bpf_map_lookup_elem(&sluice_flow_seen_recent, &slot);
-	int same = recent && recent->key.saddr == key.saddr && recent->key.daddr == key.daddr &&
-		   recent->key.sport == key.sport && recent->key.dport == key.dport &&
-		   recent->key.proto == key.proto && recent->key.point == key.point;
+	int same = recent && recent->key.addr_a == key.addr_a && recent->key.addr_b == key.addr_b &&
+		   recent->key.port_a == key.port_a && recent->key.port_b == key.port_b &&
+		   recent->key.proto == key.proto;
 	if (same && !flags_change &&
 	    !older_than(now, recent->reported_ns, SLUICE_AGGREGATION_INTERVAL_NS))
 		return 0;
-	__u64 *last = bpf_map_lookup_elem(&sluice_flow_seen, &key);
-	int due = !last || flags_change || older_than(now, *last, SLUICE_AGGREGATION_INTERVAL_NS);
-	__u64 reported = due || !last ? now : *last;
-	if (due)
-		bpf_map_update_elem(&sluice_flow_seen, &key, &now, BPF_ANY);
+	struct flow_seen *seen = bpf_map_lookup_elem(&sluice_flow_seen, &key);
+	__u32 at = seen_stamp(now), i = slot & (SLUICE_FLOW_SEEN_SLOTS - 1);
+	int due = 1;
+	__u64 reported = now;
+	if (seen) {
+		/* Rewritten in place: no LRU element taken. */
+		__u32 last = seen->reported[i];
+		__s32 age = (__s32)(at - last);
+		due = !last || flags_change || seen_stamp_expired(at, last);
+		if (due)
+			seen->reported[i] = at;
+		else if (age > 0)
+			reported = now - ((__u64)age << 20);
+	} else {
+		struct flow_seen fresh = {};
+		fresh.reported[i] = at;
+		bpf_map_update_elem(&sluice_flow_seen, &key, &fresh, BPF_ANY);
+	}
 	if (recent) {
 		recent->key = key;
 		recent->reported_ns = reported;

@@ -225,6 +225,42 @@ fn medium_aggregation_reports_new_flows_and_tcp_flag_changes() {
     assert_eq!(drain(&mut ring).len(), 4);
 }
 
+/// One aggregation entry holds a connection at every point and in both directions: each of
+/// them reports its own first packet, and a busy direction does not silence the other.
+#[test]
+fn medium_aggregation_reports_each_point_and_direction_once() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    let mut ring = setup(&mut t, 0, AGGREGATION_MEDIUM);
+    let (pod, peer) = ((POD, 4100), (PEER, 80));
+    let ingress = |t: &mut TestDatapath, p: &[u8]| run(t, sluice_datapath::TO_CONTAINER, p);
+    egress(&mut t, &tcp(pod, peer, ACK)); // the pod sends: from-endpoint, pod -> peer
+    ingress(&mut t, &tcp(peer, pod, ACK)); // the reply arrives: to-endpoint, peer -> pod
+    for _ in 0..3 {
+        egress(&mut t, &tcp(pod, peer, ACK));
+        ingress(&mut t, &tcp(peer, pod, ACK));
+    }
+    // The other direction at the to-endpoint point (a packet for the peer passing this
+    // device): a slot of its own, reported once.
+    ingress(&mut t, &tcp(pod, peer, ACK));
+    ingress(&mut t, &tcp(pod, peer, ACK));
+    let seen: Vec<(u8, u32)> = drain(&mut ring)
+        .iter()
+        .map(|e| (e.point, e.saddr))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (POINT_FROM_ENDPOINT, ip_to_be(POD)),
+            (POINT_TO_ENDPOINT, ip_to_be(PEER)),
+            (POINT_TO_ENDPOINT, ip_to_be(POD)),
+        ],
+        "each point and direction reported once"
+    );
+}
+
 #[test]
 fn a_full_ring_buffer_counts_what_it_lost() {
     if !require_root() {
