@@ -2,11 +2,85 @@
 /*
  * Programs on the host side of every pod's veth.
  *   from_container: tc ingress, packets the pod sends.
- *   to_container:   tc egress, packets about to enter the pod.
+ *   to_container:   tc egress, packets about to enter the pod from the stack, another node
+ *                   or the tunnel (a pod of this node hands its packets over directly).
  */
 #include "lib/forward.h"
 #include "lib/policy.h"
 #include "lib/service.h"
+
+/*
+ * A packet entering the pod behind host-side device `ifindex`: ingress policy on the packet
+ * as it arrives, then a service reply's source restored to its frontend. Returns the tc
+ * verdict (TC_ACT_OK: on to the pod). to_container runs it on the device's egress; a pod of
+ * this node sending to another runs it inline before handing the packet straight over.
+ */
+static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex)
+{
+	const __u8 point = SLUICE_POINT_TO_ENDPOINT;
+	struct iphdr *ip = 0;
+
+	trace_begin(skb, point);
+	trace_ifindex(ifindex);
+	switch (parse_ipv4(skb, &ip)) {
+	case PARSE_NOT_IPV4:
+		return to_stack(skb, point);
+	case PARSE_INVALID:
+		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
+	case PARSE_IPV4:
+		break;
+	}
+	__u32 saddr = ip->saddr, daddr = ip->daddr;
+	struct l4_tuple t = {};
+	int l4 = parse_l4(skb, ip, &t);
+	trace_l4(skb, ip, &t, l4);
+	if (l4 < 0)
+		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
+
+	/* Ingress policy, on the packet as it arrives (a reply still comes from the backend). */
+	struct endpoint_info *self = lookup_endpoint(daddr);
+	if (self && self->ifindex == ifindex) {
+		struct flow4 flow = {};
+		flow_of(skb, ip, saddr, daddr, &t, l4 == 0, &flow);
+		if (l4 == 0 && !flow.new_conn)
+			flow_untranslate_reply(&flow);
+		__u16 denied = policy_enforce(skb, point, self, daddr, SLUICE_POLICY_INGRESS, &flow);
+		if (denied)
+			return drop(skb, point, denied);
+	}
+	/* Replies from a service backend: restore the frontend as their source. */
+	if (l4 == 0) {
+		__u16 reason = 0;
+		switch (lb4_reverse(skb, saddr, daddr, &t, &daddr, &reason)) {
+		case LB_DROP:
+			return drop(skb, point, reason);
+		case LB_DONE:
+			count(skb, point, SLUICE_OUTCOME_REVNAT, 0);
+			break;
+		case LB_PASS:
+			break;
+		}
+	}
+	return to_stack(skb, point);
+}
+
+/*
+ * Hands a packet from a pod to another pod of this node: the receiving pod's side (policy,
+ * reverse translation, its event) runs here, and the packet goes straight into the pod's
+ * namespace (bpf_redirect_peer), skipping the host-side device's transmit and the backlog
+ * queue a veth transmit goes through.
+ */
+static __always_inline int deliver_to_pod(struct __sk_buff *skb, __u8 point,
+					  const struct endpoint_info *peer, __u8 ttl)
+{
+	__u32 ifindex = peer->ifindex;
+	if (dec_ttl(skb, ttl) || rewrite_macs(skb, peer->host_mac, peer->pod_mac))
+		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
+	count(skb, point, SLUICE_OUTCOME_REDIRECT, 0);
+	if (to_endpoint(skb, ifindex) != TC_ACT_OK)
+		return TC_ACT_SHOT;
+	return bpf_redirect_peer(ifindex, 0);
+}
 
 SEC("classifier")
 int from_container(struct __sk_buff *skb)
@@ -70,7 +144,7 @@ int from_container(struct __sk_buff *skb)
 
 	struct endpoint_info *peer = lookup_endpoint(daddr);
 	if (peer)
-		return deliver_local(skb, point, peer, ttl);
+		return deliver_to_pod(skb, point, peer, ttl);
 
 	struct datapath_config *cfg = datapath_config();
 	if (cfg && cfg->routing_mode == SLUICE_ROUTING_VXLAN) {
@@ -85,50 +159,7 @@ int from_container(struct __sk_buff *skb)
 SEC("classifier")
 int to_container(struct __sk_buff *skb)
 {
-	const __u8 point = SLUICE_POINT_TO_ENDPOINT;
-	struct iphdr *ip = 0;
-
-	trace_begin(skb, point);
-	switch (parse_ipv4(skb, &ip)) {
-	case PARSE_NOT_IPV4:
-		return to_stack(skb, point);
-	case PARSE_INVALID:
-		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
-	case PARSE_IPV4:
-		break;
-	}
-	__u32 saddr = ip->saddr, daddr = ip->daddr;
-	struct l4_tuple t = {};
-	int l4 = parse_l4(skb, ip, &t);
-	trace_l4(skb, ip, &t, l4);
-	if (l4 < 0)
-		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
-
-	/* Ingress policy, on the packet as it arrives (a reply still comes from the backend). */
-	struct endpoint_info *self = lookup_endpoint(daddr);
-	if (self && self->ifindex == skb->ifindex) {
-		struct flow4 flow = {};
-		flow_of(skb, ip, saddr, daddr, &t, l4 == 0, &flow);
-		if (l4 == 0 && !flow.new_conn)
-			flow_untranslate_reply(&flow);
-		__u16 denied = policy_enforce(skb, point, self, daddr, SLUICE_POLICY_INGRESS, &flow);
-		if (denied)
-			return drop(skb, point, denied);
-	}
-	/* Replies from a service backend: restore the frontend as their source. */
-	if (l4 == 0) {
-		__u16 reason = 0;
-		switch (lb4_reverse(skb, saddr, daddr, &t, &daddr, &reason)) {
-		case LB_DROP:
-			return drop(skb, point, reason);
-		case LB_DONE:
-			count(skb, point, SLUICE_OUTCOME_REVNAT, 0);
-			break;
-		case LB_PASS:
-			break;
-		}
-	}
-	return to_stack(skb, point);
+	return to_endpoint(skb, skb->ifindex);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -39,6 +39,14 @@ static __always_inline void trace_begin(struct __sk_buff *skb, __u8 point)
 	ev->ifindex = skb->ifindex;
 }
 
+/* The device the event is told for (a program may act for another device's pod). */
+static __always_inline void trace_ifindex(__u32 ifindex)
+{
+	struct flow_event *ev = trace_state();
+	if (ev)
+		ev->ifindex = ifindex;
+}
+
 /* The connection as the packet arrived. ICMP carries type and code where ports would be. */
 static __always_inline void trace_tuple(__u32 saddr, __u32 daddr, __u8 proto, __u16 sport,
 					__u16 dport, __u8 tcp_flags)

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use common::{checksum, one_backend_service, packet, require_root, run, TestDatapath};
 use sluice_datapath::abi::*;
 use sluice_datapath::policy::PolicyMapKey;
-use sluice_datapath::testrun::{TC_ACT_OK, TC_ACT_SHOT};
+use sluice_datapath::testrun::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 use sluice_datapath::EndpointInfo;
 
 /// The endpoint under test: its programs run "on" loopback.
@@ -447,4 +447,50 @@ fn a_service_connection_is_judged_against_its_backend() {
         ingress(&mut t, &tcp((vip, 80), (POD, 4002), ACK)),
         TC_ACT_SHOT
     );
+}
+
+/// A pod of this node sending to another: the receiving pod's ingress policy is judged as
+/// the packet leaves the sender (it is then handed straight into the receiver's namespace,
+/// its host-side device's egress program never sees it), and the reply passes as one.
+#[test]
+fn a_pod_of_this_node_is_reached_through_its_ingress_policy() {
+    if !require_root() {
+        return;
+    }
+    const NEIGHBOR: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 6);
+    let mut t = TestDatapath::load();
+    setup(&mut t, 0);
+    t.dp.upsert_endpoint(
+        NEIGHBOR,
+        EndpointInfo {
+            ifindex: 2,
+            flags: EP_INGRESS_ISOLATED,
+            identity: 302,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let conn = ((POD, 41000), (NEIGHBOR, 80));
+    assert_eq!(egress(&mut t, &tcp(conn.0, conn.1, SYN)), TC_ACT_SHOT);
+    assert_eq!(
+        policy_drops(&t),
+        1,
+        "denied by the neighbor's ingress policy"
+    );
+
+    let mut key = entry_key(POLICY_INGRESS, 299, Some((TCP, 80, 16)));
+    key.data.endpoint = ip_to_be(NEIGHBOR);
+    allow(&mut t, key);
+    assert_eq!(
+        egress(&mut t, &tcp(conn.0, conn.1, SYN)),
+        TC_ACT_REDIRECT,
+        "admitted, and handed over"
+    );
+    assert_eq!(egress(&mut t, &tcp(conn.0, conn.1, ACK)), TC_ACT_REDIRECT);
+    // Another port of the neighbor stays closed.
+    assert_eq!(
+        egress(&mut t, &tcp((POD, 41001), (NEIGHBOR, 81), SYN)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(policy_drops(&t), 2);
 }
