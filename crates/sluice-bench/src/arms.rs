@@ -598,12 +598,21 @@ pub fn sluice_arm(
             lab.command_in_pod("bench/client", &s.sluice_bin)
                 .expect("the client pod exists")
         };
-        let (target, floor) = if arm == Arm::SluicePodToPod {
-            (floor_pod, None)
+        // Every sluice arm alternates with the floor; pod-to-pod is the datapath's own cost.
+        let target = if arm == Arm::SluicePodToPod {
+            floor_pod
         } else {
-            (SocketAddr::from((VIP, 80)), Some(&no_rules))
+            SocketAddr::from((VIP, 80))
         };
-        let mut m = measure(arm, n, load_seconds, &client, target, floor, s.duration)?;
+        let mut m = measure(
+            arm,
+            n,
+            load_seconds,
+            &client,
+            target,
+            Some(&no_rules),
+            s.duration,
+        )?;
         if arm != Arm::SluicePodToPod {
             let (sum0, count0) = services_reconciles(&lab);
             let mut apply = |i: usize| {
