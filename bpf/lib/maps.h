@@ -152,7 +152,8 @@ struct {
 } sluice_events_lost SEC(".maps");
 
 /* Aggregation: per connection (endpoints in address order), when it was last reported at
- * each observation point of the tc programs, in each direction. */
+ * each observation point, in each direction (the tc points, and socket-LB's sendmsg with the
+ * socket cookie standing in for the source). */
 struct flow_seen_key {
 	__u32 addr_a;
 	__u32 addr_b;
@@ -162,7 +163,7 @@ struct flow_seen_key {
 	__u8 pad[3];
 };
 
-/* Slot (point - 1) * 2 + direction (1: from addr_b to addr_a), for points 1..5; a power of
+/* Slot (point - 1) * 2 + direction (1: from addr_b to addr_a), for points 1..7; a power of
  * two, so an index masked with SLUICE_FLOW_SEEN_SLOTS - 1 is in bounds for the verifier. */
 #define SLUICE_FLOW_SEEN_SLOTS 16
 
