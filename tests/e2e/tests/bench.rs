@@ -80,9 +80,12 @@ fn quick_benchmark_runs_every_arm_and_cleans_up() {
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("results.json")).unwrap())
             .unwrap();
     assert_eq!(json["measurements"].as_array().unwrap().len(), 14);
-    // The sluice arms measure their floor alongside; the others have none.
+    // The sluice arms (pod-to-pod too) measure their floor alongside; the others have none.
     for m in json["measurements"].as_array().unwrap() {
-        let with_floor = matches!(m["arm"].as_str(), Some("sluice" | "sluice-no-socket-lb"));
+        let with_floor = matches!(
+            m["arm"].as_str(),
+            Some("sluice" | "sluice-no-socket-lb" | "sluice-pod-to-pod")
+        );
         assert_eq!(
             m["floor_crr_p50_us"].as_f64().is_some_and(|v| v > 0.0),
             with_floor,
