@@ -13,9 +13,12 @@
  * A packet entering the pod behind host-side device `ifindex`: ingress policy on the packet
  * as it arrives, then a service reply's source restored to its frontend. Returns the tc
  * verdict (TC_ACT_OK: on to the pod). to_container runs it on the device's egress; a pod of
- * this node sending to another runs it inline before handing the packet straight over.
+ * this node sending to another runs it inline before handing the packet straight over,
+ * passing `inline_peer`: the receiving endpoint it already found, and whose packet has been
+ * through the sender's service step (reverse translation included) already.
  */
-static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex)
+static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
+				       const struct endpoint_info *inline_peer)
 {
 	const __u8 point = SLUICE_POINT_TO_ENDPOINT;
 	struct iphdr *ip = 0;
@@ -38,7 +41,7 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex)
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
 
 	/* Ingress policy, on the packet as it arrives (a reply still comes from the backend). */
-	struct endpoint_info *self = lookup_endpoint(daddr);
+	const struct endpoint_info *self = inline_peer ? inline_peer : lookup_endpoint(daddr);
 	if (self && self->ifindex == ifindex) {
 		struct flow4 flow = {};
 		flow_of(skb, ip, saddr, daddr, &t, l4 == 0, &flow);
@@ -49,7 +52,7 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex)
 			return drop(skb, point, denied);
 	}
 	/* Replies from a service backend: restore the frontend as their source. */
-	if (l4 == 0) {
+	if (l4 == 0 && !inline_peer) {
 		__u16 reason = 0;
 		switch (lb4_reverse(skb, saddr, daddr, &t, &daddr, &reason)) {
 		case LB_DROP:
@@ -66,7 +69,7 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex)
 
 /*
  * Hands a packet from a pod to another pod of this node: the receiving pod's side (policy,
- * reverse translation, its event) runs here, and the packet goes straight into the pod's
+ * its event; the reverse translation was the sender's service step) runs here, and the packet goes straight into the pod's
  * namespace (bpf_redirect_peer), skipping the host-side device's transmit and the backlog
  * queue a veth transmit goes through.
  */
@@ -77,7 +80,7 @@ static __always_inline int deliver_to_pod(struct __sk_buff *skb, __u8 point,
 	if (dec_ttl(skb, ttl) || rewrite_macs(skb, peer->host_mac, peer->pod_mac))
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
 	count(skb, point, SLUICE_OUTCOME_REDIRECT, 0);
-	if (to_endpoint(skb, ifindex) != TC_ACT_OK)
+	if (to_endpoint(skb, ifindex, peer) != TC_ACT_OK)
 		return TC_ACT_SHOT;
 	return bpf_redirect_peer(ifindex, 0);
 }
@@ -159,7 +162,7 @@ int from_container(struct __sk_buff *skb)
 SEC("classifier")
 int to_container(struct __sk_buff *skb)
 {
-	return to_endpoint(skb, skb->ifindex);
+	return to_endpoint(skb, skb->ifindex, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
