@@ -62,22 +62,22 @@ pub fn render(s: &AgentStatus, agent: &AgentMetrics, flows: Option<&FlowMetrics>
         hubble.register(
             "flows_processed",
             "Flows processed, by event type, subtype and verdict",
-            flows.flows_processed.clone(),
+            flows.flows_processed.family.clone(),
         );
         hubble.register(
             "drop",
             "Packets dropped, by reason and protocol",
-            flows.drops.clone(),
+            flows.drops.family.clone(),
         );
         hubble.register(
             "policy_verdicts",
             "Policy verdicts on new connections, by direction, match type and action",
-            flows.policy_verdicts.clone(),
+            flows.policy_verdicts.family.clone(),
         );
         hubble.register(
             "lost_events",
             "Flow events lost, by where they were lost",
-            flows.lost_events.clone(),
+            flows.lost_events.family.clone(),
         );
     }
     let r = root.sub_registry_with_prefix("sluice");

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::{Arc, LazyLock};
 
 /// A pod as flows show it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,73 +29,81 @@ pub struct RuleMeta {
     pub description: String,
 }
 
+/// Everything is shared (`Arc`): an event keeps the records it was resolved to, so the
+/// reader only bumps reference counts per event and builds the flow when a client reads it.
 #[derive(Debug, Clone, Default)]
 pub struct FlowDirectory {
-    pub node_name: String,
+    pub node_name: Arc<str>,
     /// This node's address.
     pub node_ip: Option<Ipv4Addr>,
-    pub endpoints: HashMap<Ipv4Addr, EndpointMeta>,
-    /// Node addresses -> node names.
-    pub nodes: HashMap<Ipv4Addr, String>,
+    pub endpoints: HashMap<Ipv4Addr, Arc<EndpointMeta>>,
+    /// Node addresses -> the node as an endpoint (this node is the host, others remote
+    /// nodes); filled by `add_node` once `node_ip` is known.
+    pub(super) nodes: HashMap<Ipv4Addr, Arc<EndpointMeta>>,
     /// (address, port, IP protocol) of a frontend -> "namespace/name" of its service.
-    pub frontends: HashMap<(Ipv4Addr, u16, u8), String>,
+    pub frontends: HashMap<(Ipv4Addr, u16, u8), Arc<str>>,
     /// Network-namespace cookie of a local pod -> its address (socket events carry the cookie).
     pub netns: HashMap<u64, Ipv4Addr>,
     /// The node's own namespace (sockets of host processes).
     pub host_netns: Option<u64>,
-    pub rules: HashMap<u32, RuleMeta>,
+    pub rules: HashMap<u32, Arc<RuleMeta>>,
 }
-
-use std::borrow::Cow;
 
 use sluice_datapath::abi::{IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD};
 
+static WORLD: LazyLock<Arc<EndpointMeta>> = LazyLock::new(|| {
+    Arc::new(EndpointMeta {
+        identity: IDENTITY_WORLD,
+        labels: vec!["reserved:world".into()],
+        ..Default::default()
+    })
+});
+
 impl FlowDirectory {
-    /// The endpoint behind `ip`: a pod, this or another node, or the world. Borrowed when
-    /// known: this runs several times per flow event.
-    pub fn endpoint(&self, ip: Ipv4Addr) -> Cow<'_, EndpointMeta> {
-        if let Some(ep) = self.endpoints.get(&ip) {
-            return Cow::Borrowed(ep);
-        }
-        if let Some(node) = self.nodes.get(&ip) {
-            let host = Some(ip) == self.node_ip;
-            return Cow::Owned(EndpointMeta {
-                identity: if host {
-                    IDENTITY_HOST
-                } else {
-                    IDENTITY_REMOTE_NODE
-                },
-                labels: vec![if host {
-                    "reserved:host".into()
-                } else {
-                    "reserved:remote-node".into()
-                }],
-                node_name: node.clone(),
-                ..Default::default()
-            });
-        }
-        Cow::Owned(EndpointMeta {
-            identity: IDENTITY_WORLD,
-            labels: vec!["reserved:world".into()],
+    /// Records node `name` at `ip` (set `node_ip` first: it decides host or remote node).
+    pub fn add_node(&mut self, ip: Ipv4Addr, name: &str) {
+        let host = Some(ip) == self.node_ip;
+        let meta = EndpointMeta {
+            identity: if host {
+                IDENTITY_HOST
+            } else {
+                IDENTITY_REMOTE_NODE
+            },
+            labels: vec![if host {
+                "reserved:host".into()
+            } else {
+                "reserved:remote-node".into()
+            }],
+            node_name: name.to_string(),
             ..Default::default()
-        })
+        };
+        self.nodes.insert(ip, Arc::new(meta));
+    }
+
+    /// The endpoint behind `ip`: a pod, this or another node, or the world.
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Arc<EndpointMeta> {
+        self.endpoints
+            .get(&ip)
+            .or_else(|| self.nodes.get(&ip))
+            .unwrap_or(&WORLD)
+            .clone()
     }
 
     /// The service a frontend belongs to, if it is one.
-    pub fn service(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Option<&str> {
-        self.frontends.get(&(ip, port, proto)).map(String::as_str)
+    pub fn service(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Option<Arc<str>> {
+        self.frontends.get(&(ip, port, proto)).cloned()
     }
 
     /// The pod (or the host) a socket event came from.
-    pub fn by_netns(&self, cookie: u64) -> Option<Cow<'_, EndpointMeta>> {
+    pub fn by_netns(&self, cookie: u64) -> Option<Arc<EndpointMeta>> {
         if let Some(ip) = self.netns.get(&cookie) {
             return Some(self.endpoint(*ip));
         }
         (self.host_netns == Some(cookie)).then(|| {
-            Cow::Owned(EndpointMeta {
+            Arc::new(EndpointMeta {
                 identity: IDENTITY_HOST,
                 labels: vec!["reserved:host".into()],
-                node_name: self.node_name.clone(),
+                node_name: self.node_name.to_string(),
                 ..Default::default()
             })
         })
@@ -128,18 +137,18 @@ mod tests {
             host_netns: Some(1),
             ..Default::default()
         };
-        d.nodes.insert(Ipv4Addr::new(192, 168, 1, 1), "n1".into());
-        d.nodes.insert(Ipv4Addr::new(192, 168, 1, 2), "n2".into());
+        d.add_node(Ipv4Addr::new(192, 168, 1, 1), "n1");
+        d.add_node(Ipv4Addr::new(192, 168, 1, 2), "n2");
         d.endpoints.insert(
             Ipv4Addr::new(10, 0, 0, 5),
-            EndpointMeta {
+            Arc::new(EndpointMeta {
                 id: 12,
                 identity: 300,
                 namespace: "x".into(),
                 pod_name: "a".into(),
                 labels: pod_labels("x", &[("app".to_string(), "a".to_string())].into()),
                 node_name: "n1".into(),
-            },
+            }),
         );
         d.netns.insert(77, Ipv4Addr::new(10, 0, 0, 5));
         d

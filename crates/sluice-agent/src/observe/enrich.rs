@@ -2,12 +2,13 @@
 //! observation point and outcome become verdict and direction, kernel time becomes wall time.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sluice_datapath::abi::{self, ip_from_be, FlowEvent};
 use sluice_hubble_api::flow;
 
-use super::directory::{EndpointMeta, FlowDirectory};
+use super::directory::{EndpointMeta, FlowDirectory, RuleMeta};
 
 /// Cilium's monitor message types (flow.event_type.type): the datapath numbers its events
 /// the same way.
@@ -57,7 +58,7 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     }
 }
 
-fn observation_point(point: u8) -> flow::TraceObservationPoint {
+pub(crate) fn observation_point(point: u8) -> flow::TraceObservationPoint {
     use flow::TraceObservationPoint as P;
     match point {
         abi::POINT_FROM_ENDPOINT => P::FromEndpoint,
@@ -136,62 +137,98 @@ fn tcp_flags(bits: u8) -> flow::TcpFlags {
     }
 }
 
-/// The flow for `ev`; None for events that describe nothing (no addresses).
-pub fn to_flow(
-    ev: &FlowEvent,
-    dir: &FlowDirectory,
-    clock: &BootClock,
-    cluster: &str,
-) -> Option<flow::Flow> {
+/// A datapath event with the names it had when it arrived. Resolving costs a few map
+/// lookups and reference counts; the Hubble flow (strings, protobuf) is built only when a
+/// client reads it, so a busy node does not format flows nobody asks for.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub ev: FlowEvent,
+    pub src: Arc<EndpointMeta>,
+    pub dst: Arc<EndpointMeta>,
+    /// The source address shown: a socket event's pod address (the socket has not chosen
+    /// one yet), else the packet's.
+    pub src_ip: Option<Ipv4Addr>,
+    pub service: Option<Arc<str>>,
+    /// The rule that allowed a policy verdict.
+    pub rule: Option<Arc<RuleMeta>>,
+    pub node_name: Arc<str>,
+}
+
+fn is_sock_point(point: u8) -> bool {
+    point == abi::POINT_SOCK_CONNECT || point == abi::POINT_SOCK_SENDMSG
+}
+
+/// Looks up who `ev` is about; None for events that describe nothing (no addresses, or a
+/// type flows do not have).
+pub fn resolve(ev: &FlowEvent, dir: &FlowDirectory) -> Option<Observed> {
+    let known_type = matches!(
+        ev.r#type,
+        abi::EVENT_DROP | abi::EVENT_TRACE | abi::EVENT_POLICY_VERDICT | abi::EVENT_TRACE_SOCK
+    );
+    let is_sock = is_sock_point(ev.point);
     let saddr = ip_from_be(ev.saddr);
     let daddr = ip_from_be(ev.daddr);
-    let is_sock = ev.point == abi::POINT_SOCK_CONNECT || ev.point == abi::POINT_SOCK_SENDMSG;
-    if !is_sock && saddr == Ipv4Addr::UNSPECIFIED && daddr == Ipv4Addr::UNSPECIFIED {
+    if !known_type || (!is_sock && saddr == Ipv4Addr::UNSPECIFIED && daddr == Ipv4Addr::UNSPECIFIED)
+    {
         return None;
     }
-    let mut f = flow::Flow {
-        time: Some(timestamp(clock.wall(ev.ktime_ns))),
-        uuid: uuid(ev),
+    let (src, src_ip) = if is_sock {
+        (
+            dir.by_netns(ev.netns_cookie).unwrap_or_default(),
+            dir.netns_address(ev.netns_cookie),
+        )
+    } else {
+        (dir.endpoint(saddr), Some(saddr))
+    };
+    // A service: the frontend a destination was translated from, or a reply's source was
+    // translated back to.
+    let service = (ev.flags & (abi::EVF_SVC_DNAT | abi::EVF_SVC_REVNAT) != 0)
+        .then(|| dir.service(ip_from_be(ev.svc_addr), u16::from_be(ev.svc_port), ev.proto))
+        .flatten();
+    let rule = (ev.r#type == abi::EVENT_POLICY_VERDICT && ev.flags & abi::EVF_POLICY_ALLOWED != 0)
+        .then(|| dir.rules.get(&ev.policy_cookie).cloned())
+        .flatten();
+    Some(Observed {
+        ev: *ev,
+        src,
+        dst: dir.endpoint(daddr),
+        src_ip,
+        service,
+        rule,
         node_name: dir.node_name.clone(),
+    })
+}
+
+/// When `o` happened, in wall-clock time.
+pub fn flow_time(o: &Observed, clock: &BootClock) -> prost_types::Timestamp {
+    timestamp(clock.wall(o.ev.ktime_ns))
+}
+
+/// The Hubble flow for a resolved event.
+pub fn to_flow(o: &Observed, clock: &BootClock, cluster: &str) -> flow::Flow {
+    let ev = &o.ev;
+    let is_sock = is_sock_point(ev.point);
+    let mut f = flow::Flow {
+        time: Some(flow_time(o, clock)),
+        uuid: uuid(ev),
+        node_name: o.node_name.to_string(),
         r#type: flow::FlowType::L3L4 as i32,
         ..Default::default()
     };
-
-    // Who: the socket's pod for socket events (its source address is not chosen yet).
-    let src = if is_sock {
-        dir.by_netns(ev.netns_cookie).unwrap_or_default()
-    } else {
-        dir.endpoint(saddr)
-    };
-    let src_ip = if is_sock {
-        dir.netns_address(ev.netns_cookie)
-            .map(|a| a.to_string())
-            .unwrap_or_default()
-    } else {
-        saddr.to_string()
-    };
-    let dst = dir.endpoint(daddr);
     f.ip = Some(flow::Ip {
-        source: src_ip,
-        destination: daddr.to_string(),
+        source: o.src_ip.map(|a| a.to_string()).unwrap_or_default(),
+        destination: ip_from_be(ev.daddr).to_string(),
         ip_version: flow::IpVersion::IPv4 as i32,
         ..Default::default()
     });
     f.l4 = l4(ev);
-    f.source = Some(endpoint(&src, cluster));
-    f.destination = Some(endpoint(&dst, cluster));
-
-    // A service: the frontend a destination was translated from, or a reply's source was
-    // translated back to.
-    if ev.flags & (abi::EVF_SVC_DNAT | abi::EVF_SVC_REVNAT) != 0 {
-        let front = ip_from_be(ev.svc_addr);
-        let port = u16::from_be(ev.svc_port);
-        if let Some(name) = dir.service(front, port, ev.proto) {
-            if ev.flags & abi::EVF_SVC_DNAT != 0 {
-                f.destination_service = Some(service(name));
-            } else {
-                f.source_service = Some(service(name));
-            }
+    f.source = Some(endpoint(&o.src, cluster));
+    f.destination = Some(endpoint(&o.dst, cluster));
+    if let Some(name) = &o.service {
+        if ev.flags & abi::EVF_SVC_DNAT != 0 {
+            f.destination_service = Some(service(name));
+        } else {
+            f.source_service = Some(service(name));
         }
     }
 
@@ -253,7 +290,7 @@ pub fn to_flow(
             } as i32;
             f.policy_match_type = match_type(ev, allowed);
             if allowed {
-                if let Some(rule) = dir.rules.get(&ev.policy_cookie) {
+                if let Some(rule) = &o.rule {
                     let p = flow::Policy {
                         name: rule.name.clone(),
                         namespace: rule.namespace.clone(),
@@ -280,9 +317,10 @@ pub fn to_flow(
             });
             f.traffic_direction = flow::TrafficDirection::Egress as i32;
         }
-        _ => return None,
+        // resolve() lets no other type through.
+        _ => {}
     }
-    Some(f)
+    f
 }
 
 /// From the endpoint's point of view: leaving it is egress unless it answers a connection
@@ -300,7 +338,7 @@ fn direction(point: u8, is_reply: bool) -> flow::TrafficDirection {
     }
 }
 
-fn match_type(ev: &FlowEvent, allowed: bool) -> u32 {
+pub(crate) fn match_type(ev: &FlowEvent, allowed: bool) -> u32 {
     if !allowed {
         return MATCH_NONE;
     }
@@ -353,25 +391,25 @@ mod tests {
         for (ip, ns, name, id) in [(A, "x", "a", 300), (B, "y", "b", 301)] {
             d.endpoints.insert(
                 ip,
-                EndpointMeta {
+                Arc::new(EndpointMeta {
                     id: 3,
                     identity: id,
                     namespace: ns.into(),
                     pod_name: name.into(),
                     labels: pod_labels(ns, &Default::default()),
                     node_name: "n1".into(),
-                },
+                }),
             );
         }
         d.frontends.insert((VIP, 80, 6), "y/web".into());
         d.netns.insert(99, A);
         d.rules.insert(
             4,
-            RuleMeta {
+            Arc::new(RuleMeta {
                 namespace: "y".into(),
                 name: "allow-x".into(),
                 description: "NetworkPolicy y/allow-x rule ingress[0]".into(),
-            },
+            }),
         );
         d
     }
@@ -393,7 +431,8 @@ mod tests {
     }
 
     fn flow(ev: &FlowEvent) -> flow::Flow {
-        to_flow(ev, &directory(), &BootClock::now(), "default").expect("a flow")
+        let observed = resolve(ev, &directory()).expect("a flow");
+        to_flow(&observed, &BootClock::now(), "default")
     }
 
     #[test]
@@ -484,6 +523,12 @@ mod tests {
         let mut ev = event(abi::EVENT_TRACE, abi::POINT_FROM_ENDPOINT);
         ev.saddr = 0;
         ev.daddr = 0;
-        assert!(to_flow(&ev, &directory(), &BootClock::now(), "default").is_none());
+        assert!(resolve(&ev, &directory()).is_none());
+        let mut ev = event(abi::EVENT_TRACE, abi::POINT_FROM_ENDPOINT);
+        ev.r#type = 200;
+        assert!(
+            resolve(&ev, &directory()).is_none(),
+            "an unknown event type"
+        );
     }
 }

@@ -4,6 +4,7 @@
 pub mod directory;
 pub mod enrich;
 pub mod filter;
+pub mod flow_metrics;
 mod refresh;
 pub mod ring;
 pub mod server;
@@ -14,121 +15,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use sluice_datapath::abi::FlowEvent;
 use sluice_datapath::EventsLostCounter;
-use sluice_hubble_api::flow::{self, LostEventSource};
+use sluice_hubble_api::flow::LostEventSource;
 use sluice_hubble_api::observer::observer_server::ObserverServer;
-use sluice_hubble_api::observer::GetFlowsResponse;
 use tokio::io::unix::AsyncFd;
 
 pub use directory::FlowDirectory;
+pub use flow_metrics::FlowMetrics;
 use ring::FlowRing;
+use server::Record;
 
 pub type SharedDirectory = Arc<RwLock<Arc<FlowDirectory>>>;
 
 /// The cluster name flows carry (sluice runs one cluster).
 pub const CLUSTER_NAME: &str = "default";
-
-type Labels = Vec<(String, String)>;
-
-/// Hubble's flow metrics, fed by the event reader and exposed on `/metrics`.
-#[derive(Default, Clone)]
-pub struct FlowMetrics {
-    pub flows_processed: Family<Labels, Counter>,
-    pub drops: Family<Labels, Counter>,
-    pub policy_verdicts: Family<Labels, Counter>,
-    pub lost_events: Family<Labels, Counter>,
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-impl FlowMetrics {
-    fn count(&self, f: &flow::Flow) {
-        let verdict = flow::Verdict::try_from(f.verdict)
-            .map(|v| v.as_str_name())
-            .unwrap_or("VERDICT_UNKNOWN");
-        let event = f.event_type.as_ref().map(|e| e.r#type).unwrap_or(0);
-        let (kind, subtype) = match event {
-            enrich::MONITOR_DROP => ("Drop", String::new()),
-            enrich::MONITOR_POLICY_VERDICT => ("PolicyVerdict", String::new()),
-            enrich::MONITOR_TRACE_SOCK => ("Sock", String::new()),
-            _ => (
-                "Trace",
-                flow::TraceObservationPoint::try_from(f.trace_observation_point)
-                    .map(|p| p.as_str_name().to_ascii_lowercase().replace('_', "-"))
-                    .unwrap_or_default(),
-            ),
-        };
-        self.flows_processed
-            .get_or_create(&labels(&[
-                ("type", kind),
-                ("subtype", &subtype),
-                ("verdict", verdict),
-            ]))
-            .inc();
-        let protocol = protocol_name(f);
-        if event == enrich::MONITOR_DROP {
-            let reason = flow::DropReason::try_from(f.drop_reason_desc)
-                .map(|r| r.as_str_name().to_string())
-                .unwrap_or_else(|_| f.drop_reason_desc.to_string());
-            self.drops
-                .get_or_create(&labels(&[("reason", &reason), ("protocol", protocol)]))
-                .inc();
-        }
-        if event == enrich::MONITOR_POLICY_VERDICT {
-            let direction = if f.traffic_direction == flow::TrafficDirection::Ingress as i32 {
-                "ingress"
-            } else {
-                "egress"
-            };
-            let matched = match f.policy_match_type {
-                enrich::MATCH_L3_ONLY => "l3-only",
-                enrich::MATCH_L3_L4 => "l3-l4",
-                enrich::MATCH_L4_ONLY => "l4-only",
-                enrich::MATCH_ALL => "all",
-                _ => "none",
-            };
-            let action = if f.verdict == flow::Verdict::Forwarded as i32 {
-                "forwarded"
-            } else {
-                "dropped"
-            };
-            self.policy_verdicts
-                .get_or_create(&labels(&[
-                    ("direction", direction),
-                    ("match", matched),
-                    ("action", action),
-                ]))
-                .inc();
-        }
-    }
-
-    fn lost(&self, source: LostEventSource, n: u64) {
-        let source = source.as_str_name().to_ascii_lowercase();
-        self.lost_events
-            .get_or_create(&labels(&[("source", &source)]))
-            .inc_by(n);
-    }
-}
-
-fn protocol_name(f: &flow::Flow) -> &'static str {
-    use flow::layer4::Protocol;
-    match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
-        Some(Protocol::Tcp(_)) => "TCP",
-        Some(Protocol::Udp(_)) => "UDP",
-        Some(Protocol::Sctp(_)) => "SCTP",
-        Some(Protocol::IcmPv4(_)) => "ICMPv4",
-        Some(Protocol::IcmPv6(_)) => "ICMPv6",
-        None => "Unknown",
-    }
-}
 
 /// The datapath's setting for a configured aggregation level.
 pub fn datapath_aggregation(level: sluice_api::config::MonitorAggregation) -> u8 {
@@ -140,11 +41,13 @@ pub fn datapath_aggregation(level: sluice_api::config::MonitorAggregation) -> u8
 
 /// What the event reader, the gRPC service and `/metrics` share.
 pub struct Observer {
-    pub ring: FlowRing<GetFlowsResponse>,
+    pub ring: FlowRing<Record>,
     pub directory: SharedDirectory,
     pub metrics: FlowMetrics,
     pub node_name: String,
     pub started: Instant,
+    /// Turns the datapath's monotonic event times into wall time.
+    pub clock: enrich::BootClock,
 }
 
 impl Observer {
@@ -155,6 +58,7 @@ impl Observer {
             metrics: FlowMetrics::default(),
             node_name: node_name.to_string(),
             started: Instant::now(),
+            clock: enrich::BootClock::now(),
         }
     }
 
@@ -165,27 +69,26 @@ impl Observer {
             .clone()
     }
 
-    /// Turns one ring-buffer record into a flow and keeps it.
-    pub fn ingest(&self, bytes: &[u8], clock: &enrich::BootClock) {
+    /// Resolves one ring-buffer record's names, counts it and keeps it.
+    pub fn ingest(&self, bytes: &[u8]) {
         let Some(ev) = FlowEvent::from_bytes(bytes) else {
             tracing::warn!(len = bytes.len(), "short flow event");
             return;
         };
-        let dir = self.directory();
-        if let Some(f) = enrich::to_flow(&ev, &dir, clock, CLUSTER_NAME) {
-            self.metrics.count(&f);
-            self.ring.push(server::flow_response(f));
+        if let Some(observed) = enrich::resolve(&ev, &self.directory()) {
+            self.metrics.count(&observed.ev);
+            self.ring.push(Record::Flow(observed));
         }
     }
 
     fn report_lost(&self, n: u64) {
         tracing::warn!(lost = n, "the datapath's event ring buffer overflowed");
         self.metrics.lost(LostEventSource::PerfEventRingBuffer, n);
-        self.ring.push(server::lost_response(
+        self.ring.push(Record::Lost(server::lost_response(
             &self.node_name,
             LostEventSource::PerfEventRingBuffer,
             n,
-        ));
+        )));
     }
 }
 
@@ -205,7 +108,6 @@ pub async fn read_events(
     // The ring buffer owns its descriptor for as long as the AsyncFd lives.
     #[allow(deprecated)]
     let mut fd = AsyncFd::new(events).context("polling the flow event ring buffer")?;
-    let clock = enrich::BootClock::now();
     let mut lost_seen = lost.total().unwrap_or(0);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -214,7 +116,7 @@ pub async fn read_events(
                 let mut guard = guard.context("waiting for flow events")?;
                 let ring = guard.get_inner_mut();
                 while let Some(item) = ring.next() {
-                    observer.ingest(&item, &clock);
+                    observer.ingest(&item);
                 }
                 guard.clear_ready();
                 drop(guard);
@@ -291,9 +193,9 @@ mod tests {
     fn exposition(m: &FlowMetrics) -> String {
         let mut r = Registry::default();
         let h = r.sub_registry_with_prefix("hubble");
-        h.register("flows_processed", "", m.flows_processed.clone());
-        h.register("drop", "", m.drops.clone());
-        h.register("lost_events", "", m.lost_events.clone());
+        h.register("flows_processed", "", m.flows_processed.family.clone());
+        h.register("drop", "", m.drops.family.clone());
+        h.register("lost_events", "", m.lost_events.family.clone());
         let mut text = String::new();
         encode(&mut text, &r).unwrap();
         text
@@ -319,8 +221,8 @@ mod tests {
                 std::mem::size_of::<FlowEvent>(),
             )
         };
-        obs.ingest(bytes, &enrich::BootClock::now());
-        obs.ingest(&bytes[..10], &enrich::BootClock::now());
+        obs.ingest(bytes);
+        obs.ingest(&bytes[..10]);
         assert_eq!(obs.ring.stats(), (1, 8, 1), "a short record is not a flow");
         let text = exposition(&obs.metrics);
         assert!(text.contains(
@@ -334,8 +236,11 @@ mod tests {
         let obs = Observer::new("n1", 8);
         obs.report_lost(42);
         let kept = obs.ring.snapshot();
+        let Record::Lost(lost) = &*kept[0] else {
+            panic!("a lost-events record");
+        };
         let Some(sluice_hubble_api::observer::get_flows_response::ResponseTypes::LostEvents(l)) =
-            &kept[0].response_types
+            &lost.response_types
         else {
             panic!("a lost-events record");
         };

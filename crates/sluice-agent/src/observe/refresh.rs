@@ -27,7 +27,7 @@ impl Core {
             })
             .collect();
         let mut dir = FlowDirectory {
-            node_name: self.cfg.node_name.clone(),
+            node_name: self.cfg.node_name.as_str().into(),
             node_ip: self.node.as_ref().map(|n| n.info.address),
             host_netns: self.host_netns_cookie,
             ..Default::default()
@@ -36,14 +36,14 @@ impl Core {
             let Some(ip) = pod.ip else { continue };
             dir.endpoints.insert(
                 ip,
-                EndpointMeta {
+                Arc::new(EndpointMeta {
                     id: local_ids.get(&ip).copied().unwrap_or(0),
                     identity: identities.get(&ip).copied().unwrap_or(0),
                     namespace: pod.namespace.clone(),
                     pod_name: pod.name.clone(),
                     labels: pod_labels(&pod.namespace, &pod.labels),
                     node_name: pod.node_name.clone().unwrap_or_default(),
-                },
+                }),
             );
         }
         // Local pods the desired state has no address for yet are still ours to name.
@@ -58,26 +58,26 @@ impl Core {
                     .get(&format!("{}/{}", pod.namespace, pod.name))
                     .map(|p| pod_labels(&p.namespace, &p.labels))
                     .unwrap_or_default();
-                EndpointMeta {
+                Arc::new(EndpointMeta {
                     id: *id,
                     identity: identities.get(&r.address).copied().unwrap_or(0),
                     namespace: pod.namespace.clone(),
                     pod_name: pod.name.clone(),
                     labels,
                     node_name: self.cfg.node_name.clone(),
-                }
+                })
             });
             if let Some(cookie) = netns_cookie(&mut self.netns_cookies, &r.netns) {
                 dir.netns.insert(cookie, r.address);
             }
         }
         for node in self.desired.nodes.values() {
-            dir.nodes.insert(node.address, node.name.clone());
+            dir.add_node(node.address, &node.name);
         }
         for (f, origin) in self.lb.origins() {
             dir.frontends.insert(
                 (f.address, f.port, f.protocol.number()),
-                origin.service.clone(),
+                origin.service.as_str().into(),
             );
         }
         for (cookie, rule) in self.policy.rule_cookies() {
@@ -85,11 +85,11 @@ impl Core {
                 let (namespace, name) = policy.split_once('/').unwrap_or(("", policy));
                 dir.rules.insert(
                     cookie,
-                    RuleMeta {
+                    Arc::new(RuleMeta {
                         namespace: namespace.to_string(),
                         name: name.to_string(),
                         description: rule.to_string(),
-                    },
+                    }),
                 );
             }
         }

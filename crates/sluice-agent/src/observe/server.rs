@@ -13,8 +13,32 @@ use sluice_hubble_api::prost_types::Timestamp;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
+use super::enrich::{self, BootClock, Observed};
 use super::filter::Filters;
-use super::Observer;
+use super::{Observer, CLUSTER_NAME};
+
+/// What the ring keeps: a resolved event (a flow once read) or a loss report.
+#[derive(Debug)]
+pub enum Record {
+    Flow(Observed),
+    Lost(GetFlowsResponse),
+}
+
+impl Record {
+    fn time(&self, clock: &BootClock) -> Option<Timestamp> {
+        match self {
+            Record::Flow(o) => Some(enrich::flow_time(o, clock)),
+            Record::Lost(r) => r.time,
+        }
+    }
+
+    fn response(&self, clock: &BootClock) -> GetFlowsResponse {
+        match self {
+            Record::Flow(o) => flow_response(enrich::to_flow(o, clock, CLUSTER_NAME)),
+            Record::Lost(r) => r.clone(),
+        }
+    }
+}
 
 pub struct ObserverService(pub Arc<Observer>);
 
@@ -24,27 +48,30 @@ fn before(a: &Timestamp, b: &Timestamp) -> bool {
     (a.seconds, a.nanos) < (b.seconds, b.nanos)
 }
 
-/// Whether a buffered response passes the request's filters and time window.
+/// The response for a buffered record if it passes the request's time window and filters.
 fn selected(
-    r: &GetFlowsResponse,
+    r: &Record,
+    clock: &BootClock,
     filters: &Filters,
     since: Option<&Timestamp>,
     until: Option<&Timestamp>,
-) -> bool {
-    if let (Some(t), Some(s)) = (&r.time, since) {
+) -> Option<GetFlowsResponse> {
+    let time = r.time(clock);
+    if let (Some(t), Some(s)) = (&time, since) {
         if before(t, s) {
-            return false;
+            return None;
         }
     }
-    if let (Some(t), Some(u)) = (&r.time, until) {
+    if let (Some(t), Some(u)) = (&time, until) {
         if before(u, t) {
-            return false;
+            return None;
         }
     }
-    match &r.response_types {
-        Some(ResponseTypes::Flow(f)) => filters.matches(f),
+    let response = r.response(clock);
+    match &response.response_types {
+        Some(ResponseTypes::Flow(f)) if !filters.matches(f) => None,
         // Losses are news to every reader, whatever it filters on.
-        _ => true,
+        _ => Some(response),
     }
 }
 
@@ -65,25 +92,29 @@ impl ObserverApi for ObserverService {
         let filters =
             Filters::new(req.whitelist, req.blacklist).map_err(Status::invalid_argument)?;
         let (past, mut live) = self.0.ring.snapshot_and_follow();
-        let mut chosen: Vec<_> = past
-            .into_iter()
-            .filter(|r| selected(r, &filters, req.since.as_ref(), req.until.as_ref()))
-            .collect();
-        if req.number > 0 {
-            let n = (req.number as usize).min(chosen.len());
-            if req.first {
-                chosen.truncate(n);
-            } else {
-                chosen.drain(..chosen.len() - n);
-            }
-        }
+        let clock = self.0.clock;
+        let pick =
+            |r: &Arc<Record>| selected(r, &clock, &filters, req.since.as_ref(), req.until.as_ref());
+        // Flows are built as they are picked: for the last N, walk from the newest.
+        let limit = if req.number > 0 {
+            req.number as usize
+        } else {
+            usize::MAX
+        };
+        let chosen: Vec<GetFlowsResponse> = if req.first || req.number == 0 {
+            past.iter().filter_map(pick).take(limit).collect()
+        } else {
+            let mut newest: Vec<_> = past.iter().rev().filter_map(pick).take(limit).collect();
+            newest.reverse();
+            newest
+        };
         let (tx, rx) = mpsc::channel(256);
         let node_name = self.0.node_name.clone();
         let follow = req.follow;
         let until = req.until;
         tokio::spawn(async move {
             for r in chosen {
-                if tx.send(Ok((*r).clone())).await.is_err() {
+                if tx.send(Ok(r)).await.is_err() {
                     return;
                 }
             }
@@ -96,8 +127,10 @@ impl ObserverApi for ObserverService {
                     _ = tx.closed() => return,
                 };
                 let r = match next {
-                    Ok(r) if selected(&r, &filters, None, until.as_ref()) => (*r).clone(),
-                    Ok(_) => continue,
+                    Ok(r) => match selected(&r, &clock, &filters, None, until.as_ref()) {
+                        Some(r) => r,
+                        None => continue,
+                    },
                     Err(broadcast::error::RecvError::Lagged(n)) => GetFlowsResponse {
                         response_types: Some(ResponseTypes::LostEvents(LostEvent {
                             source: LostEventSource::HubbleRingBuffer as i32,
@@ -144,10 +177,11 @@ impl ObserverApi for ObserverService {
     ) -> Result<Response<GetNamespacesResponse>, Status> {
         let mut seen = BTreeSet::new();
         for r in self.0.ring.snapshot() {
-            if let Some(ResponseTypes::Flow(f)) = &r.response_types {
-                for ep in [&f.source, &f.destination].into_iter().flatten() {
+            if let Record::Flow(o) = &*r {
+                for ep in [&o.src, &o.dst] {
+                    // Pods have a namespace; the host, nodes and the world do not.
                     if !ep.namespace.is_empty() {
-                        seen.insert((ep.cluster_name.clone(), ep.namespace.clone()));
+                        seen.insert((CLUSTER_NAME.to_string(), ep.namespace.clone()));
                     }
                 }
             }
@@ -203,5 +237,82 @@ pub fn lost_response(node: &str, source: LostEventSource, n: u64) -> GetFlowsRes
             num_events_lost: n,
             cpu: None,
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use sluice_datapath::abi::{self, FlowEvent};
+
+    fn observer_with(n: u16) -> Arc<Observer> {
+        let obs = Observer::new("n1", 8);
+        for port in 1..=n {
+            let ev = FlowEvent {
+                ktime_ns: port as u64 * 1000,
+                r#type: abi::EVENT_TRACE,
+                point: abi::POINT_FROM_ENDPOINT,
+                proto: 6,
+                saddr: 0x0100000a,
+                daddr: 0x0200000a,
+                dport: port.to_be(),
+                ..Default::default()
+            };
+            // SAFETY: FlowEvent is plain repr(C) data.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    &ev as *const FlowEvent as *const u8,
+                    std::mem::size_of::<FlowEvent>(),
+                )
+            };
+            obs.ingest(bytes);
+        }
+        Arc::new(obs)
+    }
+
+    async fn ports(obs: &Arc<Observer>, req: GetFlowsRequest) -> Vec<u32> {
+        let service = ObserverService(obs.clone());
+        let stream = service.get_flows(Request::new(req)).await.unwrap();
+        stream
+            .into_inner()
+            .map(|r| match r.unwrap().response_types {
+                Some(ResponseTypes::Flow(f)) => match f.l4.unwrap().protocol.unwrap() {
+                    flow::layer4::Protocol::Tcp(t) => t.destination_port,
+                    _ => panic!("TCP"),
+                },
+                _ => panic!("a flow"),
+            })
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn the_last_or_first_n_matching_flows_come_oldest_first() {
+        let obs = observer_with(5);
+        let last = GetFlowsRequest {
+            number: 2,
+            ..Default::default()
+        };
+        assert_eq!(ports(&obs, last).await, vec![4, 5]);
+        let first = GetFlowsRequest {
+            number: 2,
+            first: true,
+            ..Default::default()
+        };
+        assert_eq!(ports(&obs, first).await, vec![1, 2]);
+        let only_port_3 = GetFlowsRequest {
+            number: 2,
+            whitelist: vec![flow::FlowFilter {
+                destination_port: vec!["3".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(ports(&obs, only_port_3).await, vec![3]);
+        assert_eq!(
+            ports(&obs, GetFlowsRequest::default()).await,
+            vec![1, 2, 3, 4, 5]
+        );
     }
 }
