@@ -14,11 +14,14 @@
  * as it arrives, then a service reply's source restored to its frontend. Returns the tc
  * verdict (TC_ACT_OK: on to the pod). to_container runs it on the device's egress; a pod of
  * this node sending to another runs it inline before handing the packet straight over,
- * passing `inline_peer`: the receiving endpoint it already found, and whose packet has been
- * through the sender's service step (reverse translation included) already.
+ * passing `inline_peer`: the receiving endpoint it already found, and `sent`: the flow
+ * the sender's egress policy judged. That packet has been through the sender's service
+ * step (reverse translation included) already, and `sent` is the connection as ingress
+ * policy judges it too (after DNAT, before the reply's source was restored).
  */
 static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
-				       const struct endpoint_info *inline_peer)
+				       const struct endpoint_info *inline_peer,
+				       const struct flow4 *sent)
 {
 	const __u8 point = SLUICE_POINT_TO_ENDPOINT;
 	struct iphdr *ip = 0;
@@ -41,16 +44,21 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
 
 	/* Ingress policy, on the packet as it arrives (a reply still comes from the backend). */
-	const struct endpoint_info *self = inline_peer ? inline_peer : lookup_endpoint(daddr);
-	if (self && self->ifindex == ifindex) {
-		struct flow4 flow = {};
-		flow_of(skb, ip, saddr, daddr, &t, l4 == 0, &flow);
-		if (l4 == 0 && !flow.new_conn)
-			flow_untranslate_reply(&flow);
-		__u16 denied = policy_enforce(skb, point, self, daddr, SLUICE_POLICY_INGRESS, &flow);
-		if (denied)
-			return drop(skb, point, denied);
+	__u16 denied = 0;
+	if (inline_peer) {
+		denied = policy_enforce(skb, point, inline_peer, daddr, SLUICE_POLICY_INGRESS, sent);
+	} else {
+		const struct endpoint_info *self = lookup_endpoint(daddr);
+		if (self && self->ifindex == ifindex) {
+			struct flow4 flow = {};
+			flow_of(skb, ip, saddr, daddr, &t, l4 == 0, &flow);
+			if (l4 == 0 && !flow.new_conn)
+				flow_untranslate_reply(&flow);
+			denied = policy_enforce(skb, point, self, daddr, SLUICE_POLICY_INGRESS, &flow);
+		}
 	}
+	if (denied)
+		return drop(skb, point, denied);
 	/* Replies from a service backend: restore the frontend as their source. */
 	if (l4 == 0 && !inline_peer) {
 		__u16 reason = 0;
@@ -74,13 +82,14 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
  * queue a veth transmit goes through.
  */
 static __always_inline int deliver_to_pod(struct __sk_buff *skb, __u8 point,
-					  const struct endpoint_info *peer, __u8 ttl)
+					  const struct endpoint_info *peer, __u8 ttl,
+					  const struct flow4 *sent)
 {
 	__u32 ifindex = peer->ifindex;
 	if (dec_ttl(skb, ttl) || rewrite_macs(skb, peer->host_mac, peer->pod_mac))
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
 	count(skb, point, SLUICE_OUTCOME_REDIRECT, 0);
-	if (to_endpoint(skb, ifindex, peer) != TC_ACT_OK)
+	if (to_endpoint(skb, ifindex, peer, sent) != TC_ACT_OK)
 		return TC_ACT_SHOT;
 	return bpf_redirect_peer(ifindex, 0);
 }
@@ -124,11 +133,16 @@ int from_container(struct __sk_buff *skb)
 	 * is translated to, but a reply as the pod sent it (before the frontend is restored). */
 	struct flow4 flow = {};
 	flow_of(skb, ip, saddr, daddr, &t, l4 == 0, &flow);
+	/* A pod's address is never a frontend: to one, only a reply may need translating. */
+	struct endpoint_info *peer = lookup_endpoint(daddr);
 	__u8 outcome = 0;
 	if (l4 == 0) {
-		int verdict = lb4_service_step(skb, point, saddr, &daddr, &t, 0, 0, &outcome);
+		int verdict = lb4_service_step(skb, point, saddr, &daddr, &t, 0, 0, !peer,
+					       &outcome);
 		if (verdict != SERVICE_CONTINUE)
 			return verdict;
+		if (outcome)
+			peer = lookup_endpoint(daddr);
 		if (!outcome && lb4_starts_connection(&t))
 			lb4_forget_stale_reply(saddr, daddr, &t);
 		if (outcome == SLUICE_OUTCOME_DNAT) {
@@ -142,12 +156,11 @@ int from_container(struct __sk_buff *skb)
 		return drop(skb, point, denied);
 	/* A reply translated back to a NodePort/ExternalIP frontend now comes from this node
 	 * (or an address it answers for): route it ourselves, the stack would drop it. */
-	if (outcome == SLUICE_OUTCOME_REVNAT && !lookup_endpoint(daddr))
+	if (outcome == SLUICE_OUTCOME_REVNAT && !peer)
 		return forward_routed(skb, point, load_saddr(skb), daddr, ttl);
 
-	struct endpoint_info *peer = lookup_endpoint(daddr);
 	if (peer)
-		return deliver_to_pod(skb, point, peer, ttl);
+		return deliver_to_pod(skb, point, peer, ttl, &flow);
 
 	struct datapath_config *cfg = datapath_config();
 	if (cfg && cfg->routing_mode == SLUICE_ROUTING_VXLAN) {
@@ -162,7 +175,7 @@ int from_container(struct __sk_buff *skb)
 SEC("classifier")
 int to_container(struct __sk_buff *skb)
 {
-	return to_endpoint(skb, skb->ifindex, 0);
+	return to_endpoint(skb, skb->ifindex, 0, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -29,7 +29,7 @@ int from_netdev(struct __sk_buff *skb)
 	if (!cfg)
 		return TC_ACT_OK;
 	__u8 outcome = 0;
-	int verdict = lb4_service_step(skb, point, saddr, &daddr, &t, cfg->node_ip, 1, &outcome);
+	int verdict = lb4_service_step(skb, point, saddr, &daddr, &t, cfg->node_ip, 1, 1, &outcome);
 	if (verdict != SERVICE_CONTINUE)
 		return verdict;
 	if (!outcome)

@@ -12,10 +12,15 @@
 #include "maps.h"
 #include "packet.h"
 
-/* Sends one event; a full ring buffer is counted, never silent. */
+/* Sends one event; a full ring buffer is counted, never silent. The agent is woken only
+ * when unread events pile up (it also reads every few milliseconds). */
 static __always_inline void events_output(struct flow_event *ev)
 {
-	if (bpf_ringbuf_output(&sluice_events, ev, sizeof(*ev), 0)) {
+	__u64 wakeup = bpf_ringbuf_query(&sluice_events, BPF_RB_AVAIL_DATA) >=
+				       SLUICE_EVENTS_WAKEUP_BYTES
+			       ? BPF_RB_FORCE_WAKEUP
+			       : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&sluice_events, ev, sizeof(*ev), wakeup)) {
 		__u32 zero = 0;
 		struct events_lost *lost = bpf_map_lookup_elem(&sluice_events_lost, &zero);
 		if (lost)

@@ -325,7 +325,14 @@ impl Datapath {
                     bytes: acc.bytes + v.bytes,
                 })
         };
-        let mut out = Vec::new();
+        // Keyed, so a counter found in both maps is summed (a hash pinned by an older
+        // datapath may still hold reason-less counters the array now keeps).
+        let mut out = std::collections::BTreeMap::<MetricsKey, MetricsValue>::new();
+        let mut add = |key: MetricsKey, v: MetricsValue| {
+            let total = out.entry(key).or_default();
+            total.packets += v.packets;
+            total.bytes += v.bytes;
+        };
         for slot in 0..abi::POINTS * abi::OUTCOMES {
             let total = sum(&self
                 .metrics_plain
@@ -337,15 +344,14 @@ impl Datapath {
                     outcome: (slot % abi::OUTCOMES) as u8,
                     reason: 0,
                 };
-                out.push((key, total));
+                add(key, total);
             }
         }
         for entry in self.metrics.iter() {
             let (key, per_cpu) = entry.map_err(map_err(MAP_METRICS))?;
-            out.push((key, sum(&per_cpu)));
+            add(key, sum(&per_cpu));
         }
-        out.sort_by_key(|(k, _)| *k);
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 }
 

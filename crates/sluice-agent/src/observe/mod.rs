@@ -84,22 +84,24 @@ impl Observer {
     fn report_lost(&self, n: u64) {
         tracing::warn!(lost = n, "the datapath's event ring buffer overflowed");
         self.metrics.lost(LostEventSource::PerfEventRingBuffer, n);
-        self.ring.push(Record::Lost(server::lost_response(
+        self.ring.push(Record::Lost(Box::new(server::lost_response(
             &self.node_name,
             LostEventSource::PerfEventRingBuffer,
             n,
-        )));
+        ))));
     }
 }
 
-/// How long the reader waits after draining the ring buffer before it reads again. The
-/// kernel wakes a reader that has caught up on every event, so without a pause a busy node
-/// (thousands of new connections per second) would switch to the agent for each of them; the
-/// ring holds far more than this many milliseconds of events.
-const EVENT_BATCH_WAIT: Duration = Duration::from_millis(2);
+/// How often the reader drains the ring buffer. The datapath does not wake it per event (a
+/// busy node would switch to the agent for every connection), only when unread events fill
+/// an eighth of the ring, which takes far longer than this at any rate seen here.
+const EVENT_READ_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Reads the datapath's ring buffer until the process ends; checks the loss counter after
-/// every batch and every second.
+/// How often the kernel's count of events the ring had no room for is checked.
+const LOST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reads the datapath's ring buffer until the process ends, on its timer and whenever the
+/// datapath wakes it; checks the loss counter every second.
 pub async fn read_events(
     observer: Arc<Observer>,
     events: RingBuf<MapData>,
@@ -109,28 +111,31 @@ pub async fn read_events(
     #[allow(deprecated)]
     let mut fd = AsyncFd::new(events).context("polling the flow event ring buffer")?;
     let mut lost_seen = lost.total().unwrap_or(0);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut lost_checked = Instant::now();
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard.context("waiting for flow events")?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    observer.ingest(&item);
-                }
+                drain(&observer, guard.get_inner_mut());
                 guard.clear_ready();
-                drop(guard);
-                // Let events gather: one wakeup per batch instead of one per connection.
-                tokio::time::sleep(EVENT_BATCH_WAIT).await;
             }
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(EVENT_READ_INTERVAL) => drain(&observer, fd.get_mut()),
         }
-        if let Ok(now) = lost.total() {
-            if now > lost_seen {
-                observer.report_lost(now - lost_seen);
-                lost_seen = now;
+        if lost_checked.elapsed() >= LOST_CHECK_INTERVAL {
+            lost_checked = Instant::now();
+            if let Ok(now) = lost.total() {
+                if now > lost_seen {
+                    observer.report_lost(now - lost_seen);
+                    lost_seen = now;
+                }
             }
         }
+    }
+}
+
+fn drain(observer: &Observer, ring: &mut RingBuf<MapData>) {
+    while let Some(item) = ring.next() {
+        observer.ingest(&item);
     }
 }
 

@@ -21,7 +21,8 @@ use super::{Observer, CLUSTER_NAME};
 #[derive(Debug)]
 pub enum Record {
     Flow(Observed),
-    Lost(GetFlowsResponse),
+    /// Boxed: a response with room for a whole flow, and rare.
+    Lost(Box<GetFlowsResponse>),
 }
 
 impl Record {
@@ -35,7 +36,7 @@ impl Record {
     fn response(&self, clock: &BootClock) -> GetFlowsResponse {
         match self {
             Record::Flow(o) => flow_response(enrich::to_flow(o, clock, CLUSTER_NAME)),
-            Record::Lost(r) => r.clone(),
+            Record::Lost(r) => (**r).clone(),
         }
     }
 }
