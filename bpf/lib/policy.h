@@ -197,35 +197,75 @@ static __always_inline int policy_admits(const struct endpoint_info *ep, __u32 e
 	return e->verdict == SLUICE_VERDICT_ALLOW;
 }
 
-static __always_inline __u8 ct_dir_of(__u8 policy_dir)
+/*
+ * Policy conntrack: one entry per connection and local endpoint, keyed from the endpoint's
+ * side (its own address and port first), so a packet either way finds it with one lookup;
+ * the entry says which way the connection was opened (admitted).
+ */
+static __always_inline void ct_endpoint_key(const struct flow4 *f, __u8 dir, struct ct4_key *k)
 {
-	return policy_dir == SLUICE_POLICY_INGRESS ? SLUICE_CT_INGRESS : SLUICE_CT_EGRESS;
+	int in = dir == SLUICE_POLICY_INGRESS;
+	k->saddr = in ? f->daddr : f->saddr;
+	k->daddr = in ? f->saddr : f->daddr;
+	k->sport = in ? f->dport : f->sport;
+	k->dport = in ? f->sport : f->dport;
+	k->proto = f->proto;
+	k->dir = SLUICE_CT_ENDPOINT;
 }
 
 enum ct_policy_state { CT_UNKNOWN, CT_ADMITTED, CT_REVOKED };
 
 /*
- * A tracked connection stays admitted while the policy is unchanged; after a change its
- * next packet re-judges it as it was first judged, so a revoked connection stops at once
- * (and its entry goes).
+ * The tracked connection `e` (stored under `stored`; `k` is its endpoint-side key) stays
+ * admitted while the policy is unchanged; after a change its next packet re-judges it as it
+ * was first judged, so a revoked connection stops at once (and its entry goes).
+ * `admitted_dir` is the direction that admitted it.
  */
-static __always_inline int ct_lookup_admitted(const struct ct4_key *k,
-					      const struct endpoint_info *ep, __u32 endpoint,
-					      __u8 dir, __u32 revision, __u64 now, __u64 lifetime)
+static __always_inline int ct_still_admitted(struct ct4_entry *e, const struct ct4_key *stored,
+					     const struct ct4_key *k,
+					     const struct endpoint_info *ep, __u32 endpoint,
+					     __u8 admitted_dir, __u32 revision, __u64 now)
 {
-	struct ct4_entry *e = bpf_map_lookup_elem(&sluice_ct4, k);
-	if (!e || older_than(now, e->last_seen_ns, lifetime))
-		return CT_UNKNOWN;
 	if (e->policy_revision != revision) {
+		/* The connection as it was opened: from the peer (the key's second half) when
+		 * it was admitted on ingress, else to it. */
+		int in = admitted_dir == SLUICE_POLICY_INGRESS;
+		__u32 saddr = in ? k->daddr : k->saddr, daddr = in ? k->saddr : k->daddr;
+		__u16 dport = in ? k->sport : k->dport;
 		struct policy_match m = {};
-		if (!policy_admits(ep, endpoint, dir, k->saddr, k->daddr, k->dport, k->proto, &m)) {
-			bpf_map_delete_elem(&sluice_ct4, k);
+		if (!policy_admits(ep, endpoint, admitted_dir, saddr, daddr, dport, k->proto, &m)) {
+			bpf_map_delete_elem(&sluice_ct4, stored);
 			return CT_REVOKED;
 		}
 		e->policy_revision = revision;
 	}
 	e->last_seen_ns = now;
 	return CT_ADMITTED;
+}
+
+/* The endpoint's tracked connection for key `k`: whether it is admitted, and which way. */
+static __always_inline int ct_lookup_admitted(const struct ct4_key *k,
+					      const struct endpoint_info *ep, __u32 endpoint,
+					      __u32 revision, __u64 now, __u64 lifetime,
+					      __u8 *admitted_dir)
+{
+	struct ct4_entry *e = bpf_map_lookup_elem(&sluice_ct4, k);
+	if (e && !older_than(now, e->last_seen_ns, lifetime)) {
+		*admitted_dir = (e->flags & SLUICE_CT_F_ADMITTED_INGRESS) ? SLUICE_POLICY_INGRESS
+									    : SLUICE_POLICY_EGRESS;
+		return ct_still_admitted(e, k, k, ep, endpoint, *admitted_dir, revision, now);
+	}
+	/* An older datapath kept connections opened towards the endpoint as received. Only
+	 * looked for when the entry is missing, which a tracked connection's packets never are. */
+	struct ct4_key legacy = {
+		.saddr = k->daddr, .daddr = k->saddr, .sport = k->dport, .dport = k->sport,
+		.proto = k->proto, .dir = SLUICE_CT_LEGACY_INGRESS,
+	};
+	e = bpf_map_lookup_elem(&sluice_ct4, &legacy);
+	if (!e || older_than(now, e->last_seen_ns, lifetime))
+		return CT_UNKNOWN;
+	*admitted_dir = SLUICE_POLICY_INGRESS;
+	return ct_still_admitted(e, &legacy, k, ep, endpoint, SLUICE_POLICY_INGRESS, revision, now);
 }
 
 /*
@@ -245,25 +285,17 @@ static __always_inline __u16 policy_enforce(struct __sk_buff *skb, __u8 point,
 	__u32 revision = cfg ? cfg->policy_revision : 0;
 	__u64 now = flow_clock_ns();
 	__u64 lifetime = f->proto == IPPROTO_TCP ? SLUICE_CT_LIFETIME_TCP_NS : SLUICE_CT_LIFETIME_UDP_NS;
-	__u8 other = dir == SLUICE_POLICY_INGRESS ? SLUICE_POLICY_EGRESS : SLUICE_POLICY_INGRESS;
 
-	struct ct4_key rev = {
-		.saddr = f->daddr, .daddr = f->saddr, .sport = f->dport, .dport = f->sport,
-		.proto = f->proto, .dir = ct_dir_of(other),
-	};
-	struct ct4_key fwd = {
-		.saddr = f->saddr, .daddr = f->daddr, .sport = f->sport, .dport = f->dport,
-		.proto = f->proto, .dir = ct_dir_of(dir),
-	};
+	struct ct4_key key = {};
+	ct_endpoint_key(f, dir, &key);
 	if (!f->new_conn) {
 		/* A reply of a connection admitted the other way, or a later packet of one
 		 * admitted this way. */
-		int known = ct_lookup_admitted(&rev, ep, endpoint, other, revision, now, lifetime);
-		int is_reply = known != CT_UNKNOWN;
-		if (known == CT_UNKNOWN)
-			known = ct_lookup_admitted(&fwd, ep, endpoint, dir, revision, now, lifetime);
+		__u8 admitted_dir = dir;
+		int known = ct_lookup_admitted(&key, ep, endpoint, revision, now, lifetime,
+					       &admitted_dir);
 		if (known != CT_UNKNOWN)
-			trace_reply(is_reply);
+			trace_reply(admitted_dir != dir);
 		if (known == CT_ADMITTED)
 			return 0;
 		if (known == CT_REVOKED)
@@ -284,8 +316,11 @@ static __always_inline __u16 policy_enforce(struct __sk_buff *skb, __u8 point,
 						       : SLUICE_EP_EGRESS_ISOLATED;
 	if (ep->flags & isolated)
 		count(skb, point, SLUICE_OUTCOME_POLICY_ALLOWED, 0);
-	struct ct4_entry entry = { .last_seen_ns = now, .policy_revision = revision };
-	if (bpf_map_update_elem(&sluice_ct4, &fwd, &entry, BPF_ANY))
+	struct ct4_entry entry = {
+		.last_seen_ns = now, .policy_revision = revision,
+		.flags = dir == SLUICE_POLICY_INGRESS ? SLUICE_CT_F_ADMITTED_INGRESS : 0,
+	};
+	if (bpf_map_update_elem(&sluice_ct4, &key, &entry, BPF_ANY))
 		return SLUICE_DROP_CT_INSERT_FAILED;
 	return 0;
 }

@@ -91,8 +91,13 @@
 /* ct4_key.dir */
 #define SLUICE_CT_SERVICE 0        /* client -> frontend, as the client sent it */
 #define SLUICE_CT_REPLY 1          /* backend -> client, the reply to reverse-translate */
-#define SLUICE_CT_EGRESS 2         /* a connection a local endpoint opened, keyed as it sent it */
-#define SLUICE_CT_INGRESS 3        /* a connection to a local endpoint, keyed as it received it */
+#define SLUICE_CT_ENDPOINT 2       /* policy: a local endpoint's connection, keyed from its side
+				    * (its address and port first, whichever way it was opened) */
+#define SLUICE_CT_LEGACY_INGRESS 3 /* older datapaths: a connection to a local endpoint, keyed
+				    * as received; still honoured until it expires */
+
+/* ct4_entry.flags of SLUICE_CT_ENDPOINT entries */
+#define SLUICE_CT_F_ADMITTED_INGRESS 0x1  /* opened towards the endpoint (else by it) */
 
 /* Security identities reserved for what is not a pod (numbered as Cilium's). Pods get
  * cluster identities from 256; ipBlock prefixes node-local ones from 1 << 24. */
@@ -285,11 +290,11 @@ struct ct4_entry {
 	__u64 last_seen_ns;  /* flow_clock_ns() of the last packet (CLOCK_MONOTONIC) */
 	__u32 nat_address;
 	__u16 nat_port;
-	__u16 flags;         /* reserved, 0 */
+	__u16 flags;         /* SLUICE_CT_F_* (ENDPOINT entries), else 0 */
 	__u32 rev_nat_id;
 	__u32 backend_id;
 	__u32 alt_address;   /* 0: leave the other address alone */
-	__u32 policy_revision;  /* EGRESS/INGRESS entries: the policy they were admitted under */
+	__u32 policy_revision;  /* ENDPOINT entries: the policy they were admitted under */
 };
 
 /* sessionAffinity: ClientIP memory, per client and frontend. */

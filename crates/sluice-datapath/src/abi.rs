@@ -46,8 +46,12 @@ pub const HAIRPIN_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 42,
 
 pub const CT_SERVICE: u8 = 0;
 pub const CT_REPLY: u8 = 1;
-pub const CT_EGRESS: u8 = 2;
-pub const CT_INGRESS: u8 = 3;
+/// Policy: a local endpoint's connection, keyed from its side.
+pub const CT_ENDPOINT: u8 = 2;
+/// Written by older datapaths: a connection to a local endpoint, keyed as received.
+pub const CT_LEGACY_INGRESS: u8 = 3;
+/// Ct4Entry.flags of CT_ENDPOINT entries: the connection was opened towards the endpoint.
+pub const CT_F_ADMITTED_INGRESS: u16 = 0x1;
 
 pub const IDENTITY_ANY: u32 = 0;
 pub const IDENTITY_HOST: u32 = 1;

@@ -310,6 +310,75 @@ fn replies_of_admitted_connections_pass_and_nothing_else_does() {
     assert_eq!(ingress(&mut t, &echo(WORLD, POD, 0, 43)), TC_ACT_SHOT);
 }
 
+/// A connection is tracked once per endpoint, keyed from the endpoint's side and marked with
+/// the way it was opened, so its packets either way find it with one lookup; an entry an
+/// older datapath wrote (opened towards the endpoint, keyed as received) still counts.
+#[test]
+fn a_connection_is_tracked_once_per_endpoint_and_older_entries_still_count() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    // Isolated both ways; only PEER may open connections to POD.
+    setup(&mut t, EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED);
+    allow(&mut t, entry_key(POLICY_INGRESS, PEER_ID, None));
+    assert_eq!(
+        ingress(&mut t, &tcp((PEER, 40000), (POD, 8080), SYN)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        egress(&mut t, &tcp((POD, 8080), (PEER, 40000), SYN_ACK)),
+        TC_ACT_OK,
+        "the reply of an admitted connection"
+    );
+    assert_eq!(
+        ingress(&mut t, &tcp((PEER, 40000), (POD, 8080), ACK)),
+        TC_ACT_OK
+    );
+    let ct = t.dp.lb_ref().conntrack().unwrap();
+    let tracked: Vec<_> = ct.iter().filter(|(k, _)| k.dir == CT_ENDPOINT).collect();
+    assert_eq!(tracked.len(), 1, "one entry for the connection: {ct:?}");
+    let (key, entry) = *tracked[0];
+    assert_eq!(
+        (ip_from_be(key.saddr), u16::from_be(key.sport)),
+        (POD, 8080),
+        "keyed from the endpoint's side"
+    );
+    assert_eq!(
+        (ip_from_be(key.daddr), u16::from_be(key.dport)),
+        (PEER, 40000)
+    );
+    assert_eq!(entry.flags, CT_F_ADMITTED_INGRESS);
+
+    // POD may not open connections to PEER, and an untracked reply is no reply.
+    assert_eq!(
+        egress(&mut t, &tcp((POD, 8080), (PEER, 40001), ACK)),
+        TC_ACT_SHOT
+    );
+    // The same connection as an older datapath tracked it.
+    let legacy = Ct4Key {
+        saddr: ip_to_be(PEER),
+        daddr: ip_to_be(POD),
+        sport: 40001u16.to_be(),
+        dport: 8080u16.to_be(),
+        proto: TCP,
+        dir: CT_LEGACY_INGRESS,
+        pad: 0,
+    };
+    t.dp.lb()
+        .set_conntrack(legacy, Ct4Entry { flags: 0, ..entry })
+        .unwrap();
+    assert_eq!(
+        egress(&mut t, &tcp((POD, 8080), (PEER, 40001), ACK)),
+        TC_ACT_OK,
+        "an older datapath's entry admits the connection's replies"
+    );
+    assert_eq!(
+        egress(&mut t, &tcp((POD, 8080), (PEER, 40002), ACK)),
+        TC_ACT_SHOT
+    );
+}
+
 /// An ICMP error quoting `inner` (IPv4 header + the first 8 bytes of its L4 header).
 fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
     let mut body = vec![0, 0, 0, 0];

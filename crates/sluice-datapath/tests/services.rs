@@ -168,7 +168,7 @@ fn a_connection_is_translated_tracked_and_its_replies_reversed() {
         "one forward and one reply entry: {ct:?}"
     );
     assert_eq!(
-        count(CT_EGRESS),
+        count(CT_ENDPOINT),
         1,
         "policy tracks the connection too: {ct:?}"
     );
