@@ -38,15 +38,16 @@ pub fn run(
     arms::check_tools(&opts.arms)?;
     let mut report = Report::default();
     if opts.bpf_repeat > 0 {
-        for &n in &opts.services {
-            progress(&format!(
-                "BPF_PROG_TEST_RUN: from_container with {n} services, {} runs",
-                opts.bpf_repeat
-            ));
-            let ns = bpf_cost::ns_per_packet(n, opts.bpf_repeat, &opts.settings.prefix)?;
+        let costs = bpf_cost::ns_per_packet(
+            &opts.services,
+            opts.bpf_repeat,
+            &opts.settings.prefix,
+            progress,
+        )?;
+        for (services, ns_per_packet) in costs {
             report.bpf.push(BpfCost {
-                services: n,
-                ns_per_packet: ns,
+                services,
+                ns_per_packet,
             });
         }
         checkpoint(&report);
