@@ -167,10 +167,31 @@ fn a_connection_is_translated_tracked_and_its_replies_reversed() {
         (1, 1),
         "one forward and one reply entry: {ct:?}"
     );
+    // Policy tracks it too, once per local endpoint and from that endpoint's side: the
+    // client's egress, and a backend of this node's ingress (judged inline as it is handed
+    // over).
+    let tracked = |local: (Ipv4Addr, u16), peer: (Ipv4Addr, u16), flags: u16| {
+        ct.iter().any(|(k, e)| {
+            k.dir == CT_ENDPOINT
+                && (k.saddr, k.sport) == (be(local.0), local.1.to_be())
+                && (k.daddr, k.dport) == (be(peer.0), peer.1.to_be())
+                && e.flags == flags
+        })
+    };
+    assert!(
+        tracked((CLIENT, 40000), backend, 0),
+        "the client's connection: {ct:?}"
+    );
+    let local_backend = backend.0 == LOCAL_BACKEND;
+    assert_eq!(
+        tracked(backend, (CLIENT, 40000), CT_F_ADMITTED_INGRESS),
+        local_backend,
+        "the backend's side, when it is on this node: {ct:?}"
+    );
     assert_eq!(
         count(CT_ENDPOINT),
-        1,
-        "policy tracks the connection too: {ct:?}"
+        1 + local_backend as usize,
+        "nothing else is tracked: {ct:?}"
     );
 }
 
