@@ -16,10 +16,10 @@
  * when unread events pile up (it also reads every few milliseconds). */
 static __always_inline void events_output(struct flow_event *ev)
 {
-	__u64 wakeup = bpf_ringbuf_query(&sluice_events, BPF_RB_AVAIL_DATA) >=
-				       SLUICE_EVENTS_WAKEUP_BYTES
-			       ? BPF_RB_FORCE_WAKEUP
-			       : BPF_RB_NO_WAKEUP;
+	__u64 size = bpf_ringbuf_query(&sluice_events, BPF_RB_RING_SIZE);
+	__u64 unread = bpf_ringbuf_query(&sluice_events, BPF_RB_AVAIL_DATA);
+	__u64 wakeup = unread >= size / SLUICE_EVENTS_WAKEUP_SHARE ? BPF_RB_FORCE_WAKEUP
+								   : BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_output(&sluice_events, ev, sizeof(*ev), wakeup)) {
 		__u32 zero = 0;
 		struct events_lost *lost = bpf_map_lookup_elem(&sluice_events_lost, &zero);

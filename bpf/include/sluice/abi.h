@@ -26,9 +26,10 @@
 #define SLUICE_MAX_POLICY_CIDRS 16384
 #define SLUICE_MAX_POLICY 65536    /* default; the agent sizes it at load time */
 #define SLUICE_EVENTS_BYTES (4U << 20)  /* ring buffer; a power of two */
-/* Unread event bytes at which the datapath wakes the agent; below it the agent reads on its
- * own timer (a wakeup per event would cost a context switch per flow on a busy node). */
-#define SLUICE_EVENTS_WAKEUP_BYTES (SLUICE_EVENTS_BYTES / 8)
+/* The datapath wakes the agent once this share (1/N) of the ring is unread; below it the
+ * agent reads on its own timer (a wakeup per event would cost a context switch per flow on a
+ * busy node). A share, not bytes: the agent sizes the ring at load time. */
+#define SLUICE_EVENTS_WAKEUP_SHARE 8
 #define SLUICE_MAX_FLOW_SEEN 65536
 
 /* datapath_config.routing_mode */

@@ -281,3 +281,76 @@ fn a_full_ring_buffer_counts_what_it_lost() {
     assert!(lost > 0, "the buffer overflowed, so some were lost");
     assert_eq!(read + lost, RUNS as u64, "read {read} + lost {lost}");
 }
+
+/// How long a reader that starts waiting on the empty ring sleeps while `produce` runs, up to
+/// `timeout`.
+fn wait_while(
+    ring: &RingBuf<MapData>,
+    produce: impl FnOnce(),
+    timeout: std::time::Duration,
+) -> std::time::Duration {
+    use std::os::fd::AsRawFd;
+    let fd = ring.as_raw_fd();
+    let start = std::time::Instant::now();
+    let waiter = std::thread::spawn(move || {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the ring (and its descriptor) outlives the join below.
+        unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+        start.elapsed()
+    });
+    // Let the waiter fall asleep on the ring's wait queue first.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    produce();
+    waiter.join().unwrap()
+}
+
+/// Events do not wake a waiting reader one by one (a context switch per flow on a busy
+/// node); once an eighth of the ring is unread, the reader is woken.
+#[test]
+fn a_reader_is_woken_only_when_events_pile_up() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    let mut ring = setup(&mut t, 0, AGGREGATION_NONE);
+    drain(&mut ring);
+    let p = tcp((POD, 4000), (PEER, 80), ACK);
+    let ctx = SkbContext {
+        ifindex: 1,
+        ..Default::default()
+    };
+    let timeout = std::time::Duration::from_millis(1500);
+    let program = t.dp.program(sluice_datapath::FROM_CONTAINER).unwrap();
+    let slept = wait_while(
+        &ring,
+        || {
+            testrun::run("from_container", program, &p, Some(ctx), 10).unwrap();
+        },
+        timeout,
+    );
+    assert!(
+        slept >= timeout,
+        "ten events woke the reader after {slept:?}"
+    );
+    assert_eq!(drain(&mut ring).len(), 10);
+
+    // Half the ring's worth of events (a record is the event plus an 8-byte header), in one
+    // burst: the reader wakes as soon as an eighth is unread, long before its timeout.
+    let record = std::mem::size_of::<FlowEvent>() + 8;
+    let ring_bytes = sluice_datapath::MapSizes::default().events as usize;
+    let burst = (ring_bytes / 2 / record) as u32;
+    let program = t.dp.program(sluice_datapath::FROM_CONTAINER).unwrap();
+    let slept = wait_while(
+        &ring,
+        || {
+            testrun::run("from_container", program, &p, Some(ctx), burst).unwrap();
+        },
+        timeout,
+    );
+    assert!(slept < timeout, "a burst of {burst} events woke nobody");
+    assert_eq!(drain(&mut ring).len() as u32, burst);
+}
