@@ -26,16 +26,10 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
 	const __u8 point = SLUICE_POINT_TO_ENDPOINT;
 	struct iphdr *ip = 0;
 
-	trace_begin(skb, point);
+	int entered = enter_ipv4(skb, point, &ip);
+	if (entered != PROGRAM_CONTINUE)
+		return entered;
 	trace_ifindex(ifindex);
-	switch (parse_ipv4(skb, &ip)) {
-	case PARSE_NOT_IPV4:
-		return to_stack(skb, point);
-	case PARSE_INVALID:
-		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
-	case PARSE_IPV4:
-		break;
-	}
 	__u32 saddr = ip->saddr, daddr = ip->daddr;
 	struct l4_tuple t = {};
 	int l4 = parse_l4(skb, ip, &t);
@@ -100,19 +94,13 @@ int from_container(struct __sk_buff *skb)
 	const __u8 point = SLUICE_POINT_FROM_ENDPOINT;
 	struct iphdr *ip = 0;
 
-	trace_begin(skb, point);
-	switch (parse_ipv4(skb, &ip)) {
-	case PARSE_NOT_IPV4:
-		return to_stack(skb, point);
-	case PARSE_INVALID:
-		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
-	case PARSE_IPV4:
-		break;
-	}
+	int entered = enter_ipv4(skb, point, &ip);
+	if (entered != PROGRAM_CONTINUE)
+		return entered;
 	struct l4_tuple t = {};
 	int l4 = parse_l4(skb, ip, &t);
 	trace_l4(skb, ip, &t, l4);
-	__u32 saddr = ip->saddr, daddr = ip->daddr;
+	__u32 saddr = ip->saddr, daddr = ip->daddr, ip_daddr = daddr;
 	__u8 ttl = ip->ttl;
 
 	/* A pod may only send from its own address, and only on its own veth. */
@@ -141,7 +129,7 @@ int from_container(struct __sk_buff *skb)
 					       &outcome);
 		if (verdict != SERVICE_CONTINUE)
 			return verdict;
-		if (outcome)
+		if (daddr != ip_daddr)
 			peer = lookup_endpoint(daddr);
 		if (!outcome && lb4_starts_connection(&t))
 			lb4_forget_stale_reply(saddr, daddr, &t);

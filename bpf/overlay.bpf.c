@@ -15,15 +15,9 @@ int from_overlay(struct __sk_buff *skb)
 	const __u8 point = SLUICE_POINT_FROM_OVERLAY;
 	struct iphdr *ip = 0;
 
-	trace_begin(skb, point);
-	switch (parse_ipv4(skb, &ip)) {
-	case PARSE_NOT_IPV4:
-		return to_stack(skb, point);
-	case PARSE_INVALID:
-		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
-	case PARSE_IPV4:
-		break;
-	}
+	int entered = enter_ipv4(skb, point, &ip);
+	if (entered != PROGRAM_CONTINUE)
+		return entered;
 	trace_ipv4(skb, ip);
 	__u8 ttl = ip->ttl;
 	if (ttl <= 1)

@@ -41,6 +41,24 @@ static __always_inline int to_stack(struct __sk_buff *skb, __u8 point)
 	return TC_ACT_OK;
 }
 
+#define PROGRAM_CONTINUE (-1)
+
+/* A tc program's first step: starts the packet's event at `point` and finds its IPv4
+ * header. PROGRAM_CONTINUE with *ip set, or the verdict to return: what is not IPv4 goes to
+ * the stack, a malformed header is dropped. */
+static __always_inline int enter_ipv4(struct __sk_buff *skb, __u8 point, struct iphdr **ip)
+{
+	trace_begin(skb, point);
+	switch (parse_ipv4(skb, ip)) {
+	case PARSE_NOT_IPV4:
+		return to_stack(skb, point);
+	case PARSE_INVALID:
+		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
+	default:
+		return PROGRAM_CONTINUE;
+	}
+}
+
 /*
  * Hand the packet to a pod on this node: redirect to the egress of its host-side
  * veth, so the to-endpoint program on that device still sees it.

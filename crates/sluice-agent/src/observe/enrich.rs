@@ -243,9 +243,9 @@ pub fn to_flow(o: &Observed, clock: &BootClock, cluster: &str) -> flow::Flow {
         name: String::new(),
     });
 
+    f.verdict = verdict(ev) as i32;
     match ev.r#type {
         abi::EVENT_DROP => {
-            f.verdict = flow::Verdict::Dropped as i32;
             f.drop_reason = ev.reason as u32;
             f.drop_reason_desc = ev.reason as i32;
             f.event_type = Some(flow::CiliumEventType {
@@ -258,7 +258,6 @@ pub fn to_flow(o: &Observed, clock: &BootClock, cluster: &str) -> flow::Flow {
             f.traffic_direction = direction(ev.point, reply_known && is_reply) as i32;
         }
         abi::EVENT_TRACE => {
-            f.verdict = flow::Verdict::Forwarded as i32;
             let point = observation_point(ev.point);
             f.trace_observation_point = point as i32;
             f.event_type = Some(flow::CiliumEventType {
@@ -270,11 +269,6 @@ pub fn to_flow(o: &Observed, clock: &BootClock, cluster: &str) -> flow::Flow {
         abi::EVENT_POLICY_VERDICT => {
             let allowed = ev.flags & abi::EVF_POLICY_ALLOWED != 0;
             let ingress = ev.policy_dir == abi::POLICY_INGRESS;
-            f.verdict = if allowed {
-                flow::Verdict::Forwarded
-            } else {
-                flow::Verdict::Dropped
-            } as i32;
             if !allowed {
                 f.drop_reason = ev.reason as u32;
                 f.drop_reason_desc = ev.reason as i32;
@@ -307,7 +301,6 @@ pub fn to_flow(o: &Observed, clock: &BootClock, cluster: &str) -> flow::Flow {
         }
         abi::EVENT_TRACE_SOCK => {
             f.r#type = flow::FlowType::Sock as i32;
-            f.verdict = flow::Verdict::Translated as i32;
             f.sock_xlate_point =
                 flow::SocketTranslationPoint::SockXlatePointPostDirectionFwd as i32;
             f.socket_cookie = ev.sock_cookie;
@@ -321,6 +314,19 @@ pub fn to_flow(o: &Observed, clock: &BootClock, cluster: &str) -> flow::Flow {
         _ => {}
     }
     f
+}
+
+/// A flow's verdict: drops and denied policy verdicts are dropped, socket translations
+/// translated, the rest forwarded.
+pub(crate) fn verdict(ev: &FlowEvent) -> flow::Verdict {
+    match ev.r#type {
+        abi::EVENT_DROP => flow::Verdict::Dropped,
+        abi::EVENT_POLICY_VERDICT if ev.flags & abi::EVF_POLICY_ALLOWED == 0 => {
+            flow::Verdict::Dropped
+        }
+        abi::EVENT_TRACE_SOCK => flow::Verdict::Translated,
+        _ => flow::Verdict::Forwarded,
+    }
 }
 
 /// From the endpoint's point of view: leaving it is egress unless it answers a connection

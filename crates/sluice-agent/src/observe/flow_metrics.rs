@@ -68,7 +68,7 @@ pub struct FlowMetrics {
 impl FlowMetrics {
     /// Counts one event that became a flow.
     pub fn count(&self, ev: &FlowEvent) {
-        let verdict = verdict(ev);
+        let verdict = enrich::verdict(ev).as_str_name();
         self.flows_processed
             .inc_by((ev.r#type, ev.point, verdict), 1, || {
                 let (kind, subtype) = match ev.r#type {
@@ -127,19 +127,6 @@ impl FlowMetrics {
     }
 }
 
-/// The flow's verdict name, as `enrich::to_flow` decides it.
-fn verdict(ev: &FlowEvent) -> &'static str {
-    let v = match ev.r#type {
-        abi::EVENT_DROP => flow::Verdict::Dropped,
-        abi::EVENT_POLICY_VERDICT if ev.flags & abi::EVF_POLICY_ALLOWED == 0 => {
-            flow::Verdict::Dropped
-        }
-        abi::EVENT_TRACE_SOCK => flow::Verdict::Translated,
-        _ => flow::Verdict::Forwarded,
-    };
-    v.as_str_name()
-}
-
 /// Hubble's subtype label of a trace: its observation point, e.g. "to-endpoint".
 fn trace_subtype(point: u8) -> &'static str {
     use flow::TraceObservationPoint as P;
@@ -164,23 +151,25 @@ fn protocol_name(proto: u8) -> &'static str {
     }
 }
 
+/// The families in the text format, under `hubble_` (for tests).
+#[cfg(test)]
+pub(crate) fn exposition(m: &FlowMetrics) -> String {
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::registry::Registry;
+    let mut r = Registry::default();
+    let h = r.sub_registry_with_prefix("hubble");
+    h.register("flows_processed", "", m.flows_processed.family.clone());
+    h.register("drop", "", m.drops.family.clone());
+    h.register("policy_verdicts", "", m.policy_verdicts.family.clone());
+    h.register("lost_events", "", m.lost_events.family.clone());
+    let mut text = String::new();
+    encode(&mut text, &r).unwrap();
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus_client::encoding::text::encode;
-    use prometheus_client::registry::Registry;
-
-    fn exposition(m: &FlowMetrics) -> String {
-        let mut r = Registry::default();
-        let h = r.sub_registry_with_prefix("hubble");
-        h.register("flows_processed", "", m.flows_processed.family.clone());
-        h.register("drop", "", m.drops.family.clone());
-        h.register("policy_verdicts", "", m.policy_verdicts.family.clone());
-        h.register("lost_events", "", m.lost_events.family.clone());
-        let mut text = String::new();
-        encode(&mut text, &r).unwrap();
-        text
-    }
 
     fn event(kind: u8, point: u8) -> FlowEvent {
         FlowEvent {

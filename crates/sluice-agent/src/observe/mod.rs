@@ -69,13 +69,13 @@ impl Observer {
             .clone()
     }
 
-    /// Resolves one ring-buffer record's names, counts it and keeps it.
-    pub fn ingest(&self, bytes: &[u8]) {
+    /// Resolves one ring-buffer record's names in `dir`, counts it and keeps it.
+    pub fn ingest(&self, bytes: &[u8], dir: &FlowDirectory) {
         let Some(ev) = FlowEvent::from_bytes(bytes) else {
             tracing::warn!(len = bytes.len(), "short flow event");
             return;
         };
-        if let Some(observed) = enrich::resolve(&ev, &self.directory()) {
+        if let Some(observed) = enrich::resolve(&ev, dir) {
             self.metrics.count(&observed.ev);
             self.ring.push(Record::Flow(observed));
         }
@@ -133,10 +133,26 @@ pub async fn read_events(
     }
 }
 
+/// Ingests what the ring holds, all against the directory as it is now (one read per batch).
 fn drain(observer: &Observer, ring: &mut RingBuf<MapData>) {
+    let dir = observer.directory();
     while let Some(item) = ring.next() {
-        observer.ingest(&item);
+        observer.ingest(&item, &dir);
     }
+}
+
+/// A flow event as the ring buffer carries it (for tests).
+#[cfg(test)]
+pub(crate) fn record_bytes(ev: &FlowEvent) -> Vec<u8> {
+    // SAFETY: FlowEvent is plain repr(C) data; viewing it as bytes reads no padding the
+    // kernel would not also send.
+    unsafe {
+        std::slice::from_raw_parts(
+            ev as *const FlowEvent as *const u8,
+            std::mem::size_of::<FlowEvent>(),
+        )
+    }
+    .to_vec()
 }
 
 /// Serves the Observer API (and gRPC health) on a unix socket, and on TCP when configured.
@@ -191,20 +207,8 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use super::flow_metrics::exposition;
     use super::*;
-    use prometheus_client::encoding::text::encode;
-    use prometheus_client::registry::Registry;
-
-    fn exposition(m: &FlowMetrics) -> String {
-        let mut r = Registry::default();
-        let h = r.sub_registry_with_prefix("hubble");
-        h.register("flows_processed", "", m.flows_processed.family.clone());
-        h.register("drop", "", m.drops.family.clone());
-        h.register("lost_events", "", m.lost_events.family.clone());
-        let mut text = String::new();
-        encode(&mut text, &r).unwrap();
-        text
-    }
 
     #[test]
     fn ingested_events_are_kept_and_counted() {
@@ -218,16 +222,10 @@ mod tests {
             daddr: 0x0200000a,
             ..Default::default()
         };
-        // SAFETY: FlowEvent is plain repr(C) data; viewing it as bytes reads no padding
-        // the kernel would not also send.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                &ev as *const FlowEvent as *const u8,
-                std::mem::size_of::<FlowEvent>(),
-            )
-        };
-        obs.ingest(bytes);
-        obs.ingest(&bytes[..10]);
+        let bytes = record_bytes(&ev);
+        let dir = obs.directory();
+        obs.ingest(&bytes, &dir);
+        obs.ingest(&bytes[..10], &dir);
         assert_eq!(obs.ring.stats(), (1, 8, 1), "a short record is not a flow");
         let text = exposition(&obs.metrics);
         assert!(text.contains(

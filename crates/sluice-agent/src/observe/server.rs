@@ -260,14 +260,7 @@ mod tests {
                 dport: port.to_be(),
                 ..Default::default()
             };
-            // SAFETY: FlowEvent is plain repr(C) data.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(
-                    &ev as *const FlowEvent as *const u8,
-                    std::mem::size_of::<FlowEvent>(),
-                )
-            };
-            obs.ingest(bytes);
+            obs.ingest(&super::super::record_bytes(&ev), &obs.directory());
         }
         Arc::new(obs)
     }
