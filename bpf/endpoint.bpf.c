@@ -26,14 +26,22 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
 	const __u8 point = SLUICE_POINT_TO_ENDPOINT;
 	struct iphdr *ip = 0;
 
-	int entered = enter_ipv4(skb, point, &ip);
+	int entered;
+	if (inline_peer) {
+		/* The sender's event goes on: it holds the tuple as sent and any translation. */
+		trace_hand_over(point, ifindex);
+		entered = found_ipv4(skb, point, &ip);
+	} else {
+		entered = enter_ipv4(skb, point, &ip);
+		trace_ifindex(ifindex);
+	}
 	if (entered != PROGRAM_CONTINUE)
 		return entered;
-	trace_ifindex(ifindex);
 	__u32 saddr = ip->saddr, daddr = ip->daddr;
 	struct l4_tuple t = {};
 	int l4 = parse_l4(skb, ip, &t);
-	trace_l4(skb, ip, &t, l4);
+	if (!inline_peer)
+		trace_l4(skb, ip, &t, l4);
 	if (l4 < 0)
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
 
@@ -71,9 +79,10 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
 
 /*
  * Hands a packet from a pod to another pod of this node: the receiving pod's side (policy,
- * its event; the reverse translation was the sender's service step) runs here, and the packet goes straight into the pod's
- * namespace (bpf_redirect_peer), skipping the host-side device's transmit and the backlog
- * queue a veth transmit goes through.
+ * its event; the reverse translation was the sender's service step) runs here, and the
+ * packet goes straight into the pod's namespace (bpf_redirect_peer), skipping the host-side
+ * device's transmit and the backlog queue a veth transmit goes through. One event tells
+ * the delivery (the receiver's), unless every packet is reported at every point.
  */
 static __always_inline int deliver_to_pod(struct __sk_buff *skb, __u8 point,
 					  const struct endpoint_info *peer, __u8 ttl,
@@ -82,7 +91,9 @@ static __always_inline int deliver_to_pod(struct __sk_buff *skb, __u8 point,
 	__u32 ifindex = peer->ifindex;
 	if (dec_ttl(skb, ttl) || rewrite_macs(skb, peer->host_mac, peer->pod_mac))
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
-	count(skb, point, SLUICE_OUTCOME_REDIRECT, 0);
+	if (trace_hand_over_reported())
+		trace_emit(skb, SLUICE_OUTCOME_REDIRECT, 0);
+	count_packet(skb, point, SLUICE_OUTCOME_REDIRECT, 0);
 	if (to_endpoint(skb, ifindex, peer, sent) != TC_ACT_OK)
 		return TC_ACT_SHOT;
 	return bpf_redirect_peer(ifindex, 0);

@@ -43,12 +43,10 @@ static __always_inline int to_stack(struct __sk_buff *skb, __u8 point)
 
 #define PROGRAM_CONTINUE (-1)
 
-/* A tc program's first step: starts the packet's event at `point` and finds its IPv4
- * header. PROGRAM_CONTINUE with *ip set, or the verdict to return: what is not IPv4 goes to
- * the stack, a malformed header is dropped. */
-static __always_inline int enter_ipv4(struct __sk_buff *skb, __u8 point, struct iphdr **ip)
+/* Finds the packet's IPv4 header: PROGRAM_CONTINUE with *ip set, or the verdict to return:
+ * what is not IPv4 goes to the stack, a malformed header is dropped. */
+static __always_inline int found_ipv4(struct __sk_buff *skb, __u8 point, struct iphdr **ip)
 {
-	trace_begin(skb, point);
 	switch (parse_ipv4(skb, ip)) {
 	case PARSE_NOT_IPV4:
 		return to_stack(skb, point);
@@ -57,6 +55,14 @@ static __always_inline int enter_ipv4(struct __sk_buff *skb, __u8 point, struct 
 	default:
 		return PROGRAM_CONTINUE;
 	}
+}
+
+/* A tc program's first step: starts the packet's event at `point` and finds its IPv4
+ * header (as found_ipv4). */
+static __always_inline int enter_ipv4(struct __sk_buff *skb, __u8 point, struct iphdr **ip)
+{
+	trace_begin(skb, point);
+	return found_ipv4(skb, point, ip);
 }
 
 /*

@@ -7,6 +7,7 @@
 #ifndef SLUICE_LB_H
 #define SLUICE_LB_H
 
+#include "ct.h"
 #include "forward.h"
 #include "l4.h"
 
@@ -174,8 +175,7 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 		.rev_nat_id = svc->rev_nat_id, .backend_id = backend_id,
 		.alt_address = alt ? saddr : 0,
 	};
-	if (bpf_map_update_elem(&sluice_ct4, &fwd, &entry, BPF_ANY) ||
-	    bpf_map_update_elem(&sluice_ct4, &rev, &reply, BPF_ANY)) {
+	if (ct4_store(&fwd, &entry) || ct4_store(&rev, &reply)) {
 		*reason = SLUICE_DROP_CT_INSERT_FAILED;
 		return LB_DROP;
 	}

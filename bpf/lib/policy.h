@@ -7,6 +7,7 @@
 #ifndef SLUICE_POLICY_H
 #define SLUICE_POLICY_H
 
+#include "ct.h"
 #include "forward.h"
 #include "l4.h"
 
@@ -320,7 +321,7 @@ static __always_inline __u16 policy_enforce(struct __sk_buff *skb, __u8 point,
 		.last_seen_ns = now, .policy_revision = revision,
 		.flags = dir == SLUICE_POLICY_INGRESS ? SLUICE_CT_F_ADMITTED_INGRESS : 0,
 	};
-	if (bpf_map_update_elem(&sluice_ct4, &key, &entry, BPF_ANY))
+	if (ct4_store(&key, &entry))
 		return SLUICE_DROP_CT_INSERT_FAILED;
 	return 0;
 }

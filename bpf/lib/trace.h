@@ -44,6 +44,30 @@ static __always_inline void trace_begin(struct __sk_buff *skb, __u8 point)
 	ev->ifindex = skb->ifindex;
 }
 
+/*
+ * A packet handed from one endpoint's program straight to another's (a pod of this node
+ * sending to another): the receiver goes on with the sender's event at its own `point` and
+ * device, so the tuple as sent and the service translation the sender made stay in it.
+ */
+static __always_inline void trace_hand_over(__u8 point, __u32 ifindex)
+{
+	struct flow_event *ev = trace_state();
+	if (!ev)
+		return;
+	ev->point = point;
+	ev->ifindex = ifindex;
+}
+
+/* Whether the sender's own trace of a handed-over packet is sent: only without
+ * aggregation. Aggregated, the receiver's to-endpoint trace tells it (as Hubble's
+ * default monitor aggregation reports a delivery once, where it arrives). */
+static __always_inline int trace_hand_over_reported(void)
+{
+	__u32 zero = 0;
+	struct datapath_config *cfg = bpf_map_lookup_elem(&sluice_config, &zero);
+	return !cfg || cfg->monitor_aggregation == SLUICE_AGGREGATION_NONE;
+}
+
 /* The device the event is told for (a program may act for another device's pod). */
 static __always_inline void trace_ifindex(__u32 ifindex)
 {

@@ -10,7 +10,7 @@ use aya::maps::{MapData, RingBuf};
 use common::{one_backend_service, packet, require_root, run, TestDatapath};
 use sluice_datapath::abi::*;
 use sluice_datapath::policy::PolicyMapKey;
-use sluice_datapath::testrun::{self, SkbContext, TC_ACT_OK, TC_ACT_SHOT};
+use sluice_datapath::testrun::{self, SkbContext, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 use sluice_datapath::EndpointInfo;
 
 const POD: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 5);
@@ -192,6 +192,80 @@ fn a_service_packet_records_frontend_and_backend() {
     assert_ne!(e.flags & EVF_SVC_DNAT, 0);
     assert_eq!((e.svc_addr, u16::from_be(e.svc_port)), (ip_to_be(VIP), 80));
     assert_eq!((e.daddr, u16::from_be(e.dport)), (ip_to_be(BACKEND), 8080));
+}
+
+/// A packet handed from one pod of the node straight to another: aggregated, one event tells
+/// it — the receiver's to-endpoint trace, carrying the tuple as sent and the service
+/// translation the sender made (both ways); without aggregation the sender's trace comes too.
+#[test]
+fn a_packet_handed_to_a_local_pod_is_reported_where_it_arrives() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    let mut ring = setup(&mut t, 0, AGGREGATION_MEDIUM);
+    t.dp.upsert_endpoint(
+        BACKEND,
+        EndpointInfo {
+            ifindex: 2,
+            identity: PEER_ID,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    one_backend_service(&mut t, VIP, BACKEND);
+    let from_backend = |t: &mut TestDatapath, p: &[u8]| {
+        let ctx = SkbContext {
+            ifindex: 2,
+            ..Default::default()
+        };
+        let program = t.dp.program(sluice_datapath::FROM_CONTAINER).unwrap();
+        testrun::run("from_container", program, p, Some(ctx), 1)
+            .unwrap()
+            .retval
+    };
+    assert_eq!(
+        egress(&mut t, &tcp((POD, 4000), (VIP, 80), SYN)),
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        from_backend(&mut t, &tcp((BACKEND, 8080), (POD, 4000), SYN | ACK)),
+        TC_ACT_REDIRECT
+    );
+    let events = drain(&mut ring);
+    assert_eq!(events.len(), 2, "one per packet: {events:?}");
+    let (sent, reply) = (events[0], events[1]);
+    for e in [sent, reply] {
+        assert_eq!((e.r#type, e.point), (EVENT_TRACE, POINT_TO_ENDPOINT));
+        assert_eq!((e.svc_addr, u16::from_be(e.svc_port)), (ip_to_be(VIP), 80));
+    }
+    assert_eq!(sent.ifindex, 2, "told for the receiving pod's device");
+    assert_ne!(sent.flags & EVF_SVC_DNAT, 0);
+    assert_eq!((sent.saddr, sent.daddr), (ip_to_be(POD), ip_to_be(BACKEND)));
+    assert_eq!((u16::from_be(sent.dport), sent.tcp_flags), (8080, SYN));
+    assert_eq!(reply.ifindex, 1);
+    assert_ne!(reply.flags & EVF_SVC_REVNAT, 0);
+    assert_ne!(reply.flags & EVF_REPLY, 0, "the reply is known as one");
+    assert_eq!(
+        (reply.saddr, u16::from_be(reply.sport)),
+        (ip_to_be(BACKEND), 8080),
+        "the backend as it sent, the frontend beside it"
+    );
+
+    // Every packet at every point: the sender's trace as well, then the receiver's.
+    t.dp.set_monitor_aggregation(AGGREGATION_NONE).unwrap();
+    egress(&mut t, &tcp((POD, 4000), (VIP, 80), ACK));
+    let seen: Vec<(u8, u8, u32)> = drain(&mut ring)
+        .iter()
+        .map(|e| (e.point, e.outcome, e.ifindex))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (POINT_FROM_ENDPOINT, OUTCOME_REDIRECT, 1),
+            (POINT_TO_ENDPOINT, OUTCOME_TO_STACK, 2)
+        ]
+    );
 }
 
 #[test]

@@ -1,0 +1,30 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/* Writing connection-tracking entries. */
+#ifndef SLUICE_CT_H
+#define SLUICE_CT_H
+
+#include "maps.h"
+
+/*
+ * Stores `entry` under `key`. A key still present (a reused tuple: a client's ports come
+ * round again within seconds under a connection churn) is rewritten in place: an LRU
+ * update of a present key takes a fresh element and frees the old one, each under the
+ * LRU's locks. A new element is looked up once after its insert: that marks it used, and
+ * the LRU map evicts elements never looked up first — without the mark, the next insert
+ * into a full map (this packet's next entry, say) may take back the one just made.
+ * Returns 0, or the error of the insert.
+ */
+static __always_inline long ct4_store(const struct ct4_key *key, const struct ct4_entry *entry)
+{
+	struct ct4_entry *present = bpf_map_lookup_elem(&sluice_ct4, key);
+	if (present) {
+		*present = *entry;
+		return 0;
+	}
+	long err = bpf_map_update_elem(&sluice_ct4, key, entry, BPF_ANY);
+	if (!err)
+		bpf_map_lookup_elem(&sluice_ct4, key);
+	return err;
+}
+
+#endif /* SLUICE_CT_H */
