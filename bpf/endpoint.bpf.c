@@ -48,7 +48,8 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
 	/* Ingress policy, on the packet as it arrives (a reply still comes from the backend). */
 	__u16 denied = 0;
 	if (inline_peer) {
-		denied = policy_enforce(skb, point, inline_peer, daddr, SLUICE_POLICY_INGRESS, sent);
+		denied = policy_enforce(skb, point, inline_peer, daddr, SLUICE_POLICY_INGRESS, sent,
+					0);
 	} else {
 		const struct endpoint_info *self = lookup_endpoint(daddr);
 		if (self && self->ifindex == ifindex) {
@@ -56,7 +57,8 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
 			flow_of(skb, ip, saddr, daddr, &t, l4 == 0, &flow);
 			if (l4 == 0 && !flow.new_conn)
 				flow_untranslate_reply(&flow);
-			denied = policy_enforce(skb, point, self, daddr, SLUICE_POLICY_INGRESS, &flow);
+			denied = policy_enforce(skb, point, self, daddr, SLUICE_POLICY_INGRESS,
+						&flow, 0);
 		}
 	}
 	if (denied)
@@ -132,10 +134,13 @@ int from_container(struct __sk_buff *skb)
 	 * is translated to, but a reply as the pod sent it (before the frontend is restored). */
 	struct flow4 flow = {};
 	flow_of(skb, ip, saddr, daddr, &t, l4 == 0, &flow);
-	/* A pod's address is never a frontend: to one, only a reply may need translating. */
+	/* A pod's address is never a frontend: to one, only a reply may need translating —
+	 * and not even that in a TCP connection no service step of this node translated,
+	 * which its tracked entry says. */
 	struct endpoint_info *peer = lookup_endpoint(daddr);
+	struct ct4_entry *tracked = peer && l4 == 0 ? ct_lookup_sent(&flow) : 0;
 	__u8 outcome = 0;
-	if (l4 == 0) {
+	if (l4 == 0 && !(tracked && (tracked->flags & SLUICE_CT_F_NOT_TRANSLATED))) {
 		int verdict = lb4_service_step(skb, point, saddr, &daddr, &t, 0, 0, !peer,
 					       &outcome);
 		if (verdict != SERVICE_CONTINUE)
@@ -150,7 +155,9 @@ int from_container(struct __sk_buff *skb)
 				return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
 		}
 	}
-	__u16 denied = policy_enforce(skb, point, self, saddr, SLUICE_POLICY_EGRESS, &flow);
+	flow.untranslated = !outcome;
+	__u16 denied = policy_enforce(skb, point, self, saddr, SLUICE_POLICY_EGRESS, &flow,
+				      tracked);
 	if (denied)
 		return drop(skb, point, denied);
 	/* A reply translated back to a NodePort/ExternalIP frontend now comes from this node

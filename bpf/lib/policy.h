@@ -39,6 +39,7 @@ struct flow4 {
 	__u8 proto;
 	__u8 new_conn;    /* a bare TCP SYN: never a reply, always judged afresh */
 	__u8 reply_only;  /* ICMP errors and echo replies: never start a connection */
+	__u8 untranslated; /* no service step of this node translated it (TCP: remembered) */
 };
 
 /*
@@ -246,11 +247,12 @@ static __always_inline int ct_still_admitted(struct ct4_entry *e, const struct c
 
 /* The endpoint's tracked connection for key `k`: whether it is admitted, and which way. */
 static __always_inline int ct_lookup_admitted(const struct ct4_key *k,
+					      struct ct4_entry *found,
 					      const struct endpoint_info *ep, __u32 endpoint,
 					      __u32 revision, __u64 now, __u64 lifetime,
 					      __u8 *admitted_dir)
 {
-	struct ct4_entry *e = bpf_map_lookup_elem(&sluice_ct4, k);
+	struct ct4_entry *e = found ? found : bpf_map_lookup_elem(&sluice_ct4, k);
 	if (e && !older_than(now, e->last_seen_ns, lifetime)) {
 		*admitted_dir = (e->flags & SLUICE_CT_F_ADMITTED_INGRESS) ? SLUICE_POLICY_INGRESS
 									    : SLUICE_POLICY_EGRESS;
@@ -270,14 +272,34 @@ static __always_inline int ct_lookup_admitted(const struct ct4_key *k,
 }
 
 /*
+ * The sending endpoint's entry of a later packet of TCP connection `f` (to a pod's address,
+ * so no service step can change the tuple first), if it is tracked and live: the
+ * entry found here saves policy_enforce its lookup, and its flags say whether the service
+ * step is needed at all.
+ */
+static __always_inline struct ct4_entry *ct_lookup_sent(const struct flow4 *f)
+{
+	if (f->proto != IPPROTO_TCP || f->new_conn)
+		return 0;
+	struct ct4_key k = {};
+	ct_endpoint_key(f, SLUICE_POLICY_EGRESS, &k);
+	struct ct4_entry *e = bpf_map_lookup_elem(&sluice_ct4, &k);
+	if (!e || older_than(flow_clock_ns(), e->last_seen_ns, SLUICE_CT_LIFETIME_TCP_NS))
+		return 0;
+	return e;
+}
+
+/*
  * Enforces `endpoint`'s policy in `dir` on a packet of flow `f` (egress: the endpoint
  * sends it; ingress: it is about to enter the endpoint). Returns 0 to let it pass, else
  * the drop reason. Every new connection is tracked, isolated or not, so that its replies
- * pass even when the other direction becomes isolated later.
+ * pass even when the other direction becomes isolated later. `found`: the endpoint's
+ * entry for `f`, when the caller looked it up already (else 0).
  */
 static __always_inline __u16 policy_enforce(struct __sk_buff *skb, __u8 point,
 					    const struct endpoint_info *ep, __u32 endpoint,
-					    __u8 dir, const struct flow4 *f)
+					    __u8 dir, const struct flow4 *f,
+					    struct ct4_entry *found)
 {
 	/* A pod reaching itself (through a service: hairpin) is never judged. */
 	if (f->saddr == f->daddr || f->saddr == SLUICE_HAIRPIN_IP || f->daddr == SLUICE_HAIRPIN_IP)
@@ -293,8 +315,8 @@ static __always_inline __u16 policy_enforce(struct __sk_buff *skb, __u8 point,
 		/* A reply of a connection admitted the other way, or a later packet of one
 		 * admitted this way. */
 		__u8 admitted_dir = dir;
-		int known = ct_lookup_admitted(&key, ep, endpoint, revision, now, lifetime,
-					       &admitted_dir);
+		int known = ct_lookup_admitted(&key, found, ep, endpoint, revision, now,
+					       lifetime, &admitted_dir);
 		if (known != CT_UNKNOWN)
 			trace_reply(admitted_dir != dir);
 		if (known == CT_ADMITTED)
@@ -319,7 +341,9 @@ static __always_inline __u16 policy_enforce(struct __sk_buff *skb, __u8 point,
 		count(skb, point, SLUICE_OUTCOME_POLICY_ALLOWED, 0);
 	struct ct4_entry entry = {
 		.last_seen_ns = now, .policy_revision = revision,
-		.flags = dir == SLUICE_POLICY_INGRESS ? SLUICE_CT_F_ADMITTED_INGRESS : 0,
+		.flags = (dir == SLUICE_POLICY_INGRESS ? SLUICE_CT_F_ADMITTED_INGRESS : 0) |
+			 (f->untranslated && f->proto == IPPROTO_TCP ? SLUICE_CT_F_NOT_TRANSLATED
+								      : 0),
 	};
 	if (ct4_store(&key, &entry))
 		return SLUICE_DROP_CT_INSERT_FAILED;

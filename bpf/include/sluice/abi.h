@@ -99,6 +99,8 @@
 
 /* ct4_entry.flags of SLUICE_CT_ENDPOINT entries */
 #define SLUICE_CT_F_ADMITTED_INGRESS 0x1  /* opened towards the endpoint (else by it) */
+#define SLUICE_CT_F_NOT_TRANSLATED 0x2    /* a TCP connection no service step of this node
+					   * translated: its packets need no reply lookup */
 
 /* Security identities reserved for what is not a pod (numbered as Cilium's). Pods get
  * cluster identities from 256; ipBlock prefixes node-local ones from 1 << 24. */

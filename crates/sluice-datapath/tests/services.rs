@@ -874,3 +874,109 @@ fn a_direct_connection_on_a_reused_tuple_is_not_reverse_translated() {
         "the reply keeps the backend's address"
     );
 }
+
+/// A TCP connection between two pods of the node that no service step translated is
+/// remembered as such by both endpoints' entries, and its later packets skip the reply
+/// lookup: even a REPLY entry left on its tuple (from an older translated connection) does
+/// not turn its replies into the frontend's. Without that knowledge the lookup is made.
+#[test]
+fn an_untranslated_connection_skips_the_reply_lookup() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup(&mut t, false);
+    // The backend's packets are run on a real device too (a test run needs one).
+    t.dp.upsert_endpoint(
+        LOCAL_BACKEND,
+        EndpointInfo {
+            ifindex: LO,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let from_backend = |t: &mut TestDatapath, flags: u8| {
+        let p = packet(TCP, (LOCAL_BACKEND, 8080), (CLIENT, 40000), flags, true);
+        run(t, sluice_datapath::FROM_CONTAINER, &p)
+    };
+    let left_over = Ct4Key {
+        saddr: be(LOCAL_BACKEND),
+        daddr: be(CLIENT),
+        sport: 8080u16.to_be(),
+        dport: 40000u16.to_be(),
+        proto: TCP,
+        dir: CT_REPLY,
+        pad: 0,
+    };
+    let plant = |t: &mut TestDatapath| {
+        // Stamped now: the clock the datapath uses is read from a fresh entry.
+        let stamp =
+            t.dp.lb_ref()
+                .conntrack()
+                .unwrap()
+                .iter()
+                .map(|(_, e)| e.last_seen_ns)
+                .max()
+                .unwrap_or(0);
+        t.dp.lb()
+            .set_conntrack(
+                left_over,
+                Ct4Entry {
+                    last_seen_ns: stamp,
+                    nat_address: be(VIP),
+                    nat_port: 80u16.to_be(),
+                    rev_nat_id: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    };
+
+    // Not known: the reply lookup is made, and the left-over entry translates.
+    run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 39999), (VIP, 80), 0x02, true),
+    );
+    plant(&mut t);
+    let out = from_backend(&mut t, 0x10);
+    assert_eq!(parse(&out.packet).src, (VIP, 80), "the lookup was made");
+
+    // The client opens a connection to the backend's own address: nothing translates it.
+    let out = run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 40000), (LOCAL_BACKEND, 8080), 0x02, true),
+    );
+    assert_eq!(out.retval, TC_ACT_REDIRECT);
+    let ct = t.dp.lb_ref().conntrack().unwrap();
+    let flags_of = |local: (Ipv4Addr, u16), peer: (Ipv4Addr, u16)| {
+        ct.iter()
+            .find(|(k, _)| {
+                k.dir == CT_ENDPOINT
+                    && (k.saddr, k.sport) == (be(local.0), local.1.to_be())
+                    && (k.daddr, k.dport) == (be(peer.0), peer.1.to_be())
+            })
+            .map(|(_, e)| e.flags)
+    };
+    assert_eq!(
+        flags_of((CLIENT, 40000), (LOCAL_BACKEND, 8080)),
+        Some(CT_F_NOT_TRANSLATED)
+    );
+    assert_eq!(
+        flags_of((LOCAL_BACKEND, 8080), (CLIENT, 40000)),
+        Some(CT_F_ADMITTED_INGRESS | CT_F_NOT_TRANSLATED),
+        "the backend's side, judged inline"
+    );
+    // The SYN dropped the left-over reply entry (a new connection on its tuple); put it back.
+    plant(&mut t);
+    for flags in [0x12, 0x10, 0x11] {
+        let out = from_backend(&mut t, flags);
+        assert_eq!(out.retval, TC_ACT_REDIRECT);
+        assert_eq!(
+            parse(&out.packet).src,
+            (LOCAL_BACKEND, 8080),
+            "a reply of the untranslated connection keeps its source (flags {flags:#x})"
+        );
+    }
+}
