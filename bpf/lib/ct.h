@@ -4,6 +4,21 @@
 #define SLUICE_CT_H
 
 #include "maps.h"
+#include "packet.h"
+
+/* How stale a live entry's last-seen time may get (lifetimes are a minute and up). */
+#define SLUICE_CT_TOUCH_NS (1000ULL * 1000000ULL)
+
+/*
+ * A packet of the connection of entry `e` was seen at `now`. The time is rewritten once a
+ * second, not per packet: a store takes the entry's cache line from the other CPU, and
+ * the two ends of a connection on one node are mostly handled on different CPUs.
+ */
+static __always_inline void ct_touch(struct ct4_entry *e, __u64 now)
+{
+	if (older_than(now, e->last_seen_ns, SLUICE_CT_TOUCH_NS))
+		e->last_seen_ns = now;
+}
 
 /*
  * Stores `entry` under `key`. A key still present (a reused tuple: a client's ports come

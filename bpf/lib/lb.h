@@ -132,7 +132,7 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 
 	__u64 lifetime = t->proto == IPPROTO_TCP ? SLUICE_CT_LIFETIME_TCP_NS : SLUICE_CT_LIFETIME_UDP_NS;
 	if (ct && !older_than(now, ct->last_seen_ns, lifetime)) {
-		ct->last_seen_ns = now;
+		ct_touch(ct, now);
 		*new_daddr = ct->nat_address;
 		trace_dnat(daddr, t->dport, ct->nat_address, ct->nat_port);
 		if (lb4_apply_forward(skb, t, saddr, daddr, ct)) {
@@ -209,7 +209,7 @@ static __always_inline enum lb_verdict lb4_reverse(struct __sk_buff *skb, __u32 
 	__u64 lifetime = t->proto == IPPROTO_TCP ? SLUICE_CT_LIFETIME_TCP_NS : SLUICE_CT_LIFETIME_UDP_NS;
 	if (older_than(now, ct->last_seen_ns, lifetime))
 		return LB_PASS;  /* an expired connection's entry translates nothing */
-	ct->last_seen_ns = now;
+	ct_touch(ct, now);
 	*new_daddr = ct->alt_address ? ct->alt_address : daddr;
 	trace_revnat(ct->nat_address, ct->nat_port);
 	trace_reply(1);

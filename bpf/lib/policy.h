@@ -241,7 +241,7 @@ static __always_inline int ct_still_admitted(struct ct4_entry *e, const struct c
 		}
 		e->policy_revision = revision;
 	}
-	e->last_seen_ns = now;
+	ct_touch(e, now);
 	return CT_ADMITTED;
 }
 

@@ -980,3 +980,51 @@ fn an_untranslated_connection_skips_the_reply_lookup() {
         );
     }
 }
+
+/// A tracked connection's last-seen time is rewritten when it is a second old, not on every
+/// packet (a store per packet moves the entry's cache line between the CPUs handling the two
+/// ends): a packet leaves a fresher time alone and refreshes an older one.
+#[test]
+fn a_live_entry_is_restamped_once_a_second_not_per_packet() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup(&mut t, false);
+    let send = |t: &mut TestDatapath, flags: u8| {
+        run(
+            t,
+            sluice_datapath::FROM_CONTAINER,
+            &packet(TCP, (CLIENT, 46000), (VIP, 80), flags, true),
+        )
+    };
+    send(&mut t, 0x02);
+    let service_entry = |t: &TestDatapath| {
+        t.dp.lb_ref()
+            .conntrack()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k.dir == CT_SERVICE && k.sport == 46000u16.to_be())
+            .expect("the connection is tracked")
+    };
+    let (k, e) = service_entry(&t);
+    let stamped = e.last_seen_ns;
+    let set_age = |t: &mut TestDatapath, age_ns: u64| {
+        let mut aged = e;
+        aged.last_seen_ns = stamped - age_ns;
+        t.dp.lb().set_conntrack(k, aged).unwrap();
+    };
+    set_age(&mut t, 500_000_000);
+    send(&mut t, 0x10);
+    assert_eq!(
+        service_entry(&t).1.last_seen_ns,
+        stamped - 500_000_000,
+        "half a second old: left alone"
+    );
+    set_age(&mut t, 2_000_000_000);
+    send(&mut t, 0x10);
+    assert!(
+        service_entry(&t).1.last_seen_ns >= stamped,
+        "two seconds old: restamped"
+    );
+}
