@@ -24,6 +24,21 @@ fn be(ip: Ipv4Addr) -> u32 {
     ip_to_be(ip)
 }
 
+/// The flags of `local`'s policy entry for its connection with `peer` (keyed from its side).
+fn endpoint_flags(
+    ct: &[(Ct4Key, Ct4Entry)],
+    local: (Ipv4Addr, u16),
+    peer: (Ipv4Addr, u16),
+) -> Option<u16> {
+    ct.iter()
+        .find(|(k, _)| {
+            k.dir == CT_ENDPOINT
+                && (k.saddr, k.sport) == (be(local.0), local.1.to_be())
+                && (k.daddr, k.dport) == (be(peer.0), peer.1.to_be())
+        })
+        .map(|(_, e)| e.flags)
+}
+
 fn key(vip: Ipv4Addr, port: u16, proto: u8, slot: u16) -> Lb4Key {
     Lb4Key {
         address: be(vip),
@@ -171,12 +186,7 @@ fn a_connection_is_translated_tracked_and_its_replies_reversed() {
     // client's egress, and a backend of this node's ingress (judged inline as it is handed
     // over).
     let tracked = |local: (Ipv4Addr, u16), peer: (Ipv4Addr, u16), flags: u16| {
-        ct.iter().any(|(k, e)| {
-            k.dir == CT_ENDPOINT
-                && (k.saddr, k.sport) == (be(local.0), local.1.to_be())
-                && (k.daddr, k.dport) == (be(peer.0), peer.1.to_be())
-                && e.flags == flags
-        })
+        endpoint_flags(&ct, local, peer) == Some(flags)
     };
     assert!(
         tracked((CLIENT, 40000), backend, 0),
@@ -950,15 +960,7 @@ fn an_untranslated_connection_skips_the_reply_lookup() {
     );
     assert_eq!(out.retval, TC_ACT_REDIRECT);
     let ct = t.dp.lb_ref().conntrack().unwrap();
-    let flags_of = |local: (Ipv4Addr, u16), peer: (Ipv4Addr, u16)| {
-        ct.iter()
-            .find(|(k, _)| {
-                k.dir == CT_ENDPOINT
-                    && (k.saddr, k.sport) == (be(local.0), local.1.to_be())
-                    && (k.daddr, k.dport) == (be(peer.0), peer.1.to_be())
-            })
-            .map(|(_, e)| e.flags)
-    };
+    let flags_of = |local, peer| endpoint_flags(&ct, local, peer);
     assert_eq!(
         flags_of((CLIENT, 40000), (LOCAL_BACKEND, 8080)),
         Some(CT_F_NOT_TRANSLATED)
