@@ -87,6 +87,13 @@ pub struct Measurement {
     /// Stream throughput of the no-rules floor measured interleaved with this run, Gbit/s.
     #[serde(default)]
     pub floor_stream_gbps: Option<f64>,
+    /// This run's CRR p50 over the floor's, paired round by round (each round's ratio of
+    /// the two p50s taken back to back; the median of the rounds).
+    #[serde(default)]
+    pub crr_vs_floor: Option<f64>,
+    /// This run's stream throughput over the floor's, paired round by round likewise.
+    #[serde(default)]
+    pub stream_vs_floor: Option<f64>,
     pub rr_p50_us: f64,
     pub rr_p99_us: f64,
     /// Requests answered in the RR run (and failures: 0 unless the connection broke).
@@ -236,6 +243,8 @@ fn run_client(
         &target.to_string(),
         "--millis",
         &d.as_millis().to_string(),
+        "--cpu",
+        &load::load_cpus().0.to_string(),
     ]);
     let out = cmd
         .stderr(Stdio::inherit())
@@ -249,7 +258,30 @@ fn run_client(
 
 /// Rounds a run is split into when the floor is measured alongside: the target and the floor
 /// alternate (order flipped each round), so both see the same machine, moment by moment.
-const FLOOR_ROUNDS: u32 = 6;
+const FLOOR_ROUNDS: u32 = 12;
+
+/// The median of the per-round ratios `ours[i] / floors[i]` (rounds where either is not
+/// positive are left out): each ratio compares two runs made back to back, so a machine
+/// getting slower or faster between rounds cancels out, and one disturbed round moves the
+/// median little. None without a usable round.
+pub fn paired_median_ratio(ours: &[f64], floors: &[f64]) -> Option<f64> {
+    let mut ratios: Vec<f64> = ours
+        .iter()
+        .zip(floors)
+        .filter(|(o, f)| **o > 0.0 && **f > 0.0 && o.is_finite() && f.is_finite())
+        .map(|(o, f)| o / f)
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let mid = ratios.len() / 2;
+    Some(if ratios.len() % 2 == 1 {
+        ratios[mid]
+    } else {
+        (ratios[mid - 1] + ratios[mid]) / 2.0
+    })
+}
 
 /// Where the floor is measured: the no-rules topology's client and backend, up while an arm
 /// runs so each run can alternate with it.
@@ -316,8 +348,12 @@ fn measure(
     if let Some(f) = floor {
         run_client((f.client)(), "crr", f.target, Duration::from_millis(200))?;
     }
-    let (crr, floor_crr, cpu) = rounds("crr", client, target, floor, d)?;
-    let crr = Sample::merge(&crr);
+    let (crr_rounds, floor_crr, cpu) = rounds("crr", client, target, floor, d)?;
+    let crr_vs_floor = floor.and_then(|_| {
+        let p50 = |runs: &[Sample]| runs.iter().map(|r| r.p50_us).collect::<Vec<_>>();
+        paired_median_ratio(&p50(&crr_rounds), &p50(&floor_crr))
+    });
+    let crr = Sample::merge(&crr_rounds);
     if crr.count == 0 {
         return Err(format!(
             "{}: no connection to {target} succeeded ({} errors)",
@@ -326,8 +362,12 @@ fn measure(
         ));
     }
     let rr = run_client(client(), "rr", target, d)?;
-    let (stream, floor_stream, _) = rounds("stream", client, target, floor, d)?;
-    let (stream, stream_failed) = stream_gbps(&stream);
+    let (stream_rounds, floor_stream, _) = rounds("stream", client, target, floor, d)?;
+    let stream_vs_floor = floor.and_then(|_| {
+        let rates = |runs: &[Sample]| runs.iter().map(Sample::rate).collect::<Vec<_>>();
+        paired_median_ratio(&rates(&stream_rounds), &rates(&floor_stream))
+    });
+    let (stream, stream_failed) = stream_gbps(&stream_rounds);
     Ok(Measurement {
         arm,
         services,
@@ -338,6 +378,8 @@ fn measure(
         crr_errors: crr.errors,
         floor_crr_p50_us: floor.map(|_| Sample::merge(&floor_crr).p50_us),
         floor_stream_gbps: floor.map(|_| stream_gbps(&floor_stream).0),
+        crr_vs_floor,
+        stream_vs_floor,
         rr_p50_us: rr.p50_us,
         rr_p99_us: rr.p99_us,
         rr_count: rr.count,
@@ -683,4 +725,33 @@ pub fn check_tools(arms: &[Arm]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paired_median_ratio;
+
+    #[test]
+    fn the_paired_ratio_is_the_median_of_round_by_round_ratios() {
+        // The machine slows down halfway: pooled, the arm would look 40% slower than the
+        // floor; paired, every round says 10%.
+        let ours = [110.0, 110.0, 220.0, 220.0];
+        let floors = [100.0, 100.0, 200.0, 200.0];
+        let r = paired_median_ratio(&ours, &floors).unwrap();
+        assert!((r - 1.1).abs() < 1e-9, "{r}");
+        // One disturbed round moves the median, not the whole figure.
+        let r = paired_median_ratio(&[105.0, 104.0, 400.0], &[100.0, 100.0, 100.0]).unwrap();
+        assert!((r - 1.05).abs() < 1e-9, "{r}");
+        // An even count takes the middle two.
+        let r = paired_median_ratio(&[1.0, 2.0], &[1.0, 1.0]).unwrap();
+        assert!((r - 1.5).abs() < 1e-9, "{r}");
+    }
+
+    #[test]
+    fn rounds_without_a_usable_figure_are_left_out() {
+        assert_eq!(paired_median_ratio(&[], &[]), None);
+        assert_eq!(paired_median_ratio(&[0.0, 5.0], &[1.0, 0.0]), None);
+        let r = paired_median_ratio(&[0.0, 3.0, f64::NAN], &[1.0, 2.0, 1.0]).unwrap();
+        assert!((r - 1.5).abs() < 1e-9, "{r}");
+    }
 }

@@ -28,6 +28,30 @@ pub fn tune_client(ns: &Netns) -> Result<(), String> {
     Ok(())
 }
 
+/// The CPUs the load runs on: the client on the first CPU this process may use, the servers
+/// on the second (the first again on a one-CPU machine). Pinned, every arm's client and
+/// server meet the same way (across two CPUs) instead of wherever the scheduler put them —
+/// on one CPU or two, a difference of tens of µs per connection that would otherwise change
+/// from one run to the next.
+pub fn load_cpus() -> (usize, usize) {
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok();
+    let mut cpus = (0..nix::sched::CpuSet::count()).filter(|c| {
+        allowed
+            .as_ref()
+            .is_none_or(|set| set.is_set(*c).unwrap_or(false))
+    });
+    let client = cpus.next().unwrap_or(0);
+    (client, cpus.next().unwrap_or(client))
+}
+
+/// Pins the calling thread (and the threads it starts later) to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> Result<(), String> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).map_err(|e| format!("CPU {cpu}: {e}"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| format!("pinning to CPU {cpu}: {e}"))
+}
+
 /// Load servers, each a thread inside some namespace, running until this is dropped. Every
 /// arm's backends run these (the sluice lab's pods too), so the arms differ only in the path.
 #[derive(Default)]
@@ -63,6 +87,7 @@ fn spawn_server(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
         let started = (|| -> Result<TcpListener, String> {
+            pin_to_cpu(load_cpus().1)?;
             nix::sched::setns(&netns_fd, nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| format!("setns: {e}"))?;
             let l = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
@@ -84,7 +109,15 @@ fn spawn_server(
                 Ok((s, _)) => {
                     let _ = s.set_nonblocking(false);
                     let me = addr.ip().to_string();
-                    std::thread::spawn(move || serve(s, &me));
+                    // A new-connection request is answered here, as netperf's TCP_CRR
+                    // server does: a thread started per connection would put its creation
+                    // (and its stack's unmapping) into every measured connection.
+                    match first_byte_soon(&s) {
+                        Some(MODE_CRR) => answer_crr(s),
+                        first => {
+                            std::thread::spawn(move || serve(s, first, &me));
+                        }
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     // Wait for the next connection, waking now and then to see `stop`. (A
@@ -105,11 +138,45 @@ fn spawn_server(
     Ok(handle)
 }
 
-fn serve(mut s: TcpStream, me: &str) {
+/// How long the accepting thread waits for a new connection's first byte before leaving the
+/// connection to a thread of its own (a client that connects and says nothing must not hold
+/// up the next connection for longer).
+const FIRST_BYTE_WAIT_MS: u16 = 5;
+
+/// The connection's first byte if it arrives within FIRST_BYTE_WAIT_MS (a CRR client sends
+/// it right after the handshake), else None (nothing read).
+fn first_byte_soon(s: &TcpStream) -> Option<u8> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
+    match nix::poll::poll(&mut fds, PollTimeout::from(FIRST_BYTE_WAIT_MS)) {
+        Ok(n) if n > 0 => {
+            let mut b = [0u8; 1];
+            let mut reader = s;
+            match reader.read(&mut b) {
+                Ok(1) => Some(b[0]),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn answer_crr(mut s: TcpStream) {
+    let _ = s.write_all(&[MODE_CRR]);
+}
+
+/// Serves one connection whose first byte, when already read, is `first`.
+fn serve(mut s: TcpStream, first: Option<u8>, me: &str) {
     let _ = s.set_nodelay(true);
     let mut b = [0u8; 1];
-    if s.read_exact(&mut b).is_err() {
-        return;
+    match first {
+        Some(f) => b[0] = f,
+        None => {
+            if s.read_exact(&mut b).is_err() {
+                return;
+            }
+        }
     }
     if b[0] == b'G' {
         let mut head = vec![b'G'];

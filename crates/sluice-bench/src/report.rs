@@ -47,6 +47,28 @@ fn floor_stream(r: &Report, m: &Measurement) -> Option<f64> {
         .or_else(|| no_rules(r, m).map(|f| f.stream_gbps))
 }
 
+/// `m`'s CRR p50 over the floor's: paired round by round where the floor was measured
+/// alongside, else the ratio of the two p50s.
+fn crr_over_floor(r: &Report, m: &Measurement) -> Option<f64> {
+    m.crr_vs_floor.or_else(|| {
+        floor_p50(r, m)
+            .filter(|f| *f > 0.0)
+            .map(|f| m.crr_p50_us / f)
+    })
+}
+
+/// `m`'s stream throughput over the floor's, likewise (None when the stream broke).
+fn stream_over_floor(r: &Report, m: &Measurement) -> Option<f64> {
+    if m.stream_failed {
+        return None;
+    }
+    m.stream_vs_floor.or_else(|| {
+        floor_stream(r, m)
+            .filter(|f| *f > 0.0)
+            .map(|f| m.stream_gbps / f)
+    })
+}
+
 fn ratio(v: f64, base: Option<f64>) -> String {
     match base {
         Some(b) if b > 0.0 => format!("{:.2}×", v / b),
@@ -69,7 +91,6 @@ impl Report {
         rows.sort_by_key(|m| (m.services, Arm::ALL.iter().position(|a| *a == m.arm)));
         for m in rows {
             let base = baseline(self, m.services).map(|b| b.crr_p50_us);
-            let floor = floor_p50(self, m);
             let _ = writeln!(
                 t,
                 "| {} | {} | {:.3} | {:.0} | {:.0} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {:.0} |",
@@ -80,19 +101,18 @@ impl Report {
                 m.crr_p50_us,
                 m.crr_p99_us,
                 ratio(m.crr_p50_us, base),
-                ratio(m.crr_p50_us, floor),
+                crr_over_floor(self, m)
+                    .map(|x| format!("{x:.2}×"))
+                    .unwrap_or("-".into()),
                 m.rr_p50_us,
                 if m.stream_failed {
                     "broke".to_string()
                 } else {
                     format!("{:.2}", m.stream_gbps)
                 },
-                match floor_stream(self, m) {
-                    Some(f) if f > 0.0 && !m.stream_failed => {
-                        format!("{:.0}%", m.stream_gbps / f * 100.0)
-                    }
-                    _ => "-".into(),
-                },
+                stream_over_floor(self, m)
+                    .map(|x| format!("{:.0}%", x * 100.0))
+                    .unwrap_or("-".into()),
                 match (m.update_ms, m.agent_update_ms) {
                     (Some(e2e), Some(agent)) => format!("{e2e:.1} (agent {agent:.2})"),
                     (Some(e2e), None) => format!("{e2e:.1}"),
@@ -162,8 +182,7 @@ impl Report {
                     _ => Some(x),
                 })
         };
-        let over_floor =
-            |m: &Measurement| floor_p50(self, m).map(|f| (m.crr_p50_us / f - 1.0) * 100.0);
+        let over_floor = |m: &Measurement| crr_over_floor(self, m).map(|x| (x - 1.0) * 100.0);
         match worst(Arm::Sluice, &over_floor) {
             Some((n, pct)) => line(
                 "sluice connection latency within 5% of no-rules at every N",
@@ -220,7 +239,7 @@ impl Report {
             .measurements
             .iter()
             .filter(|m| m.arm == Arm::Sluice && !m.stream_failed)
-            .filter_map(|m| floor_stream(self, m).map(|f| (m.services, m.stream_gbps / f * 100.0)))
+            .filter_map(|m| stream_over_floor(self, m).map(|x| (m.services, x * 100.0)))
             .fold(None, |acc: Option<(usize, f64)>, x| match acc {
                 Some(a) if a.1 <= x.1 => Some(a),
                 _ => Some(x),
@@ -242,12 +261,12 @@ impl Report {
 
     pub fn csv(&self) -> String {
         let mut t = String::from(
-            "arm,services,load_seconds,crr_rate,crr_p50_us,crr_p99_us,crr_errors,rr_p50_us,rr_p99_us,rr_count,rr_errors,cpu_us_per_conn,stream_gbps,update_ms,agent_update_ms,floor_crr_p50_us,floor_stream_gbps\n",
+            "arm,services,load_seconds,crr_rate,crr_p50_us,crr_p99_us,crr_errors,rr_p50_us,rr_p99_us,rr_count,rr_errors,cpu_us_per_conn,stream_gbps,update_ms,agent_update_ms,floor_crr_p50_us,floor_stream_gbps,crr_vs_floor,stream_vs_floor\n",
         );
         for m in &self.measurements {
             let _ = writeln!(
                 t,
-                "{},{},{:.6},{:.1},{:.1},{:.1},{},{:.1},{:.1},{},{},{:.1},{:.3},{},{},{},{}",
+                "{},{},{:.6},{:.1},{:.1},{:.1},{},{:.1},{:.1},{},{},{:.1},{:.3},{},{},{},{},{},{}",
                 m.arm.name(),
                 m.services,
                 m.load_seconds,
@@ -270,6 +289,12 @@ impl Report {
                     .unwrap_or_default(),
                 m.floor_stream_gbps
                     .map(|v| format!("{v:.3}"))
+                    .unwrap_or_default(),
+                m.crr_vs_floor
+                    .map(|v| format!("{v:.4}"))
+                    .unwrap_or_default(),
+                m.stream_vs_floor
+                    .map(|v| format!("{v:.4}"))
                     .unwrap_or_default()
             );
         }
@@ -400,6 +425,8 @@ mod tests {
             crr_errors: 0,
             floor_crr_p50_us: None,
             floor_stream_gbps: None,
+            crr_vs_floor: None,
+            stream_vs_floor: None,
             rr_p50_us: 20.0,
             rr_p99_us: 30.0,
             rr_count: 100,
@@ -472,5 +499,44 @@ mod tests {
         assert!(target.contains("worst +4.0% (at 0) | yes"), "{target}");
         let stream = t.lines().find(|l| l.contains("95% of raw veth")).unwrap();
         assert!(stream.contains("lowest 90% (at 0) | no"), "{stream}");
+    }
+
+    #[test]
+    fn round_by_round_ratios_win_over_the_ratio_of_pooled_figures() {
+        let mut sluice = m(Arm::Sluice, 0, 110.0);
+        sluice.floor_crr_p50_us = Some(100.0);
+        sluice.crr_vs_floor = Some(1.03);
+        sluice.stream_gbps = 9.0;
+        sluice.floor_stream_gbps = Some(10.0);
+        sluice.stream_vs_floor = Some(0.97);
+        let r = Report {
+            measurements: vec![sluice],
+            ..Default::default()
+        };
+        let t = r.markdown();
+        let row = t.lines().find(|l| l.starts_with("| sluice | 0")).unwrap();
+        assert!(
+            row.contains("| 1.03× |") && row.contains("| 97% |"),
+            "{row}"
+        );
+        let target = t
+            .lines()
+            .find(|l| l.contains("within 5% of no-rules"))
+            .unwrap();
+        assert!(target.contains("worst +3.0% (at 0) | yes"), "{target}");
+        let stream = t.lines().find(|l| l.contains("95% of raw veth")).unwrap();
+        assert!(stream.contains("lowest 97% (at 0) | yes"), "{stream}");
+        let csv = r.csv();
+        assert!(
+            csv.lines()
+                .next()
+                .unwrap()
+                .ends_with(",crr_vs_floor,stream_vs_floor"),
+            "{csv}"
+        );
+        assert!(
+            csv.lines().nth(1).unwrap().ends_with(",1.0300,0.9700"),
+            "{csv}"
+        );
     }
 }

@@ -52,6 +52,9 @@ enum BenchCommand {
         /// reach: how many new connections in a row must reach it.
         #[arg(long, default_value_t = 1)]
         consecutive: usize,
+        /// The CPU to run on (the harness pins every arm's client the same way).
+        #[arg(long)]
+        cpu: Option<usize>,
     },
     /// (internal) the load server every arm's backends run, on ADDR in this namespace until
     /// killed (for experiments by hand: `sluice lab exec POD -- sluice bench server ...`).
@@ -80,9 +83,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         millis,
         want,
         consecutive,
+        cpu,
     }) = args.command
     {
         use sluice_bench::load;
+        if let Some(cpu) = cpu {
+            load::pin_to_cpu(cpu).map_err(|e| anyhow::anyhow!("--cpu: {e}"))?;
+        }
         let d = Duration::from_millis(millis);
         let sample = match mode.as_str() {
             "crr" => load::crr(target, d),

@@ -86,11 +86,13 @@ fn quick_benchmark_runs_every_arm_and_cleans_up() {
             m["arm"].as_str(),
             Some("sluice" | "sluice-no-socket-lb" | "sluice-pod-to-pod")
         );
-        assert_eq!(
-            m["floor_crr_p50_us"].as_f64().is_some_and(|v| v > 0.0),
-            with_floor,
-            "{m}"
-        );
+        for field in ["floor_crr_p50_us", "crr_vs_floor", "stream_vs_floor"] {
+            assert_eq!(
+                m[field].as_f64().is_some_and(|v| v > 0.0),
+                with_floor,
+                "{field}: {m}"
+            );
+        }
     }
     for svg in ["crr-latency.svg", "load-time.svg"] {
         let text = std::fs::read_to_string(out_dir.join(svg)).unwrap();
