@@ -65,6 +65,18 @@ enum BenchCommand {
     },
 }
 
+/// Prints the client's one-line result. A reader that went away (`| head`, a closed pipe) is
+/// not an error worth a panic: nobody is left to read it.
+fn print_result(line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match writeln!(std::io::stdout(), "{line}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("writing the result: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     if let Some(BenchCommand::Server { listen }) = args.command {
         let netns = std::fs::File::open("/proc/self/ns/net").context("/proc/self/ns/net")?;
@@ -113,12 +125,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
                 let Some(t) = load::first_reaching(target, &want, consecutive, d) else {
                     bail!("no connection to {target} reached {want:?} within {d:?}");
                 };
-                println!("{t}");
+                print_result(&t.to_string())?;
                 return Ok(0);
             }
             other => bail!("--mode: {other:?} is not one of: crr, rr, stream, reach"),
         };
-        println!("{}", serde_json::to_string(&sample)?);
+        print_result(&serde_json::to_string(&sample)?)?;
         return Ok(0);
     }
     if !nix::unistd::geteuid().is_root() {
