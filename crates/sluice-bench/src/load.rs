@@ -30,9 +30,8 @@ pub fn tune_client(ns: &Netns) -> Result<(), String> {
 
 /// The CPUs the load runs on: the client on the first CPU this process may use, the servers
 /// on the second (the first again on a one-CPU machine). Pinned, every arm's client and
-/// server meet the same way (across two CPUs) instead of wherever the scheduler put them —
-/// on one CPU or two, a difference of tens of µs per connection that would otherwise change
-/// from one run to the next.
+/// server meet the same way (across two CPUs) instead of on one CPU or two, as the scheduler
+/// chose from one round to the next.
 pub fn load_cpus() -> (usize, usize) {
     let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok();
     let mut cpus = (0..nix::sched::CpuSet::count()).filter(|c| {
