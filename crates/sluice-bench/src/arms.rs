@@ -629,11 +629,20 @@ pub fn sluice_arm(
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for &n in ns {
+        // A load from nothing, as the kube-proxy arms do on their fresh topologies: the agent
+        // would otherwise re-parse and reconcile only the Services added since the last N.
+        if lab
+            .delete_manifest("background")
+            .map_err(|e| e.to_string())?
+        {
+            progress(&format!("{}: removing the previous services", arm.name()));
+            wait_for_services(&agent, |count| count <= 1, Duration::from_secs(600))?;
+        }
         progress(&format!("{}: loading {n} services", arm.name()));
         let started = Instant::now();
         lab.apply_manifest("background", &background_manifest(n))
             .map_err(|e| e.to_string())?;
-        wait_for_services(&agent, n + 1, Duration::from_secs(600))?;
+        wait_for_services(&agent, |count| count > n, Duration::from_secs(600))?;
         let load_seconds = started.elapsed().as_secs_f64();
         progress(&format!("{}: {n} services: measuring", arm.name()));
         let client = || {
@@ -683,21 +692,24 @@ pub fn sluice_arm(
     Ok(out)
 }
 
+/// Polls the agent until the number of service frontends it programmed satisfies `done`.
 fn wait_for_services(
     agent: &sluice_api::Client,
-    want: usize,
+    done: impl Fn(usize) -> bool,
     limit: Duration,
 ) -> Result<(), String> {
     let deadline = Instant::now() + limit;
+    let mut last = None;
     loop {
         if let Ok(sluice_api::Response::Status(st)) = agent.call(&sluice_api::Request::Status) {
-            if st.services >= want {
+            if done(st.services) {
                 return Ok(());
             }
+            last = Some(st.services);
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "the agent did not program {want} services in {limit:?}"
+                "the agent's service count did not settle in {limit:?} (last seen: {last:?})"
             ));
         }
         std::thread::sleep(Duration::from_millis(5));

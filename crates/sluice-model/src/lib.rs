@@ -13,6 +13,7 @@ pub mod service;
 pub mod slice_controller;
 pub mod slices;
 pub mod state;
+pub mod yaml_documents;
 
 pub use diff::{diff_maps, MapDiff};
 pub use identity::{
@@ -20,7 +21,10 @@ pub use identity::{
     IdentityLabels, IdentityStore, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_REMOTE_NODE,
     IDENTITY_WORLD,
 };
-pub use manifest::{parse_manifests, ChangedObjects, Object, ObjectKind};
+pub use manifest::{
+    parse_manifests, parse_manifests_reusing, ChangedObjects, Object, ObjectKind, ParsedDocuments,
+    ParsedFile,
+};
 pub use node::NodeInfo;
 pub use policy::{
     endpoint_policy, port_range_prefixes, simulate, trace, AddressKind, Direction,
