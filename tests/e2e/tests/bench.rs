@@ -94,6 +94,15 @@ fn quick_benchmark_runs_every_arm_and_cleans_up() {
             );
         }
     }
+    // The agent's endpoint-change time: the median and the slowest of single changes.
+    for m in json["measurements"].as_array().unwrap() {
+        if !matches!(m["arm"].as_str(), Some("sluice" | "sluice-no-socket-lb")) {
+            continue;
+        }
+        let median = m["agent_update_ms"].as_f64().unwrap_or(0.0);
+        let slowest = m["agent_update_max_ms"].as_f64().unwrap_or(0.0);
+        assert!(median > 0.0 && slowest >= median, "agent update: {m}");
+    }
     for svg in ["crr-latency.svg", "load-time.svg"] {
         let text = std::fs::read_to_string(out_dir.join(svg)).unwrap();
         assert!(
