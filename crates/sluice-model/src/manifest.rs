@@ -120,6 +120,8 @@ fn large_files() -> serde_saphyr::Options {
 /// Empty documents are skipped.
 pub fn parse_manifests(origin: &str, text: &str) -> Result<Vec<Object>, ManifestError> {
     let parsed = parse_manifests_reusing(origin, text, &ParsedDocuments::default())?;
+    // The map holds a second reference to every object: without it each Arc is unique and
+    // unwraps without a copy.
     drop(parsed.documents);
     Ok(parsed
         .objects
