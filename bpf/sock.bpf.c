@@ -75,15 +75,34 @@ static __always_inline int sock_translate(struct bpf_sock_addr *ctx, __u8 point,
 	struct lb4_backend *be = bpf_map_lookup_elem(&sluice_lb4_be, &entry->backend_id);
 	if (!be)
 		return 0;
-	struct sock_revnat_key rkey = {
-		.cookie = bpf_get_socket_cookie(ctx), .address = be->address, .port = be->port,
-	};
 	struct lb4_revnat front = { .address = vip, .port = vport };
-	bpf_map_update_elem(&sluice_sock_rnat, &rkey, &front, BPF_ANY);
+	if (point == SLUICE_POINT_SOCK_CONNECT) {
+		/* A connected socket has one peer: kept on the socket, no shared entry. */
+		struct sock_front *kept = bpf_sk_storage_get(&sluice_sock_front, ctx->sk, 0,
+							     BPF_SK_STORAGE_GET_F_CREATE);
+		if (kept) {
+			kept->backend_address = be->address;
+			kept->backend_port = be->port;
+			kept->frontend = front;
+		}
+	} else {
+		struct sock_revnat_key rkey = {
+			.cookie = bpf_get_socket_cookie(ctx), .address = be->address,
+			.port = be->port,
+		};
+		bpf_map_update_elem(&sluice_sock_rnat, &rkey, &front, BPF_ANY);
+	}
 	sock_event(ctx, point, vip, vport, be);
 	ctx->user_ip4 = be->address;
 	ctx->user_port = be->port;
 	return 1;
+}
+
+/* A UDP socket connected again, now to no frontend: its earlier peer's frontend is void. */
+static __always_inline void sock_forget_front(struct bpf_sock_addr *ctx)
+{
+	if (bpf_sk_storage_get(&sluice_sock_front, ctx->sk, 0, 0))
+		bpf_sk_storage_delete(&sluice_sock_front, ctx->sk);
 }
 
 static __always_inline int sock_forward(struct bpf_sock_addr *ctx, __u8 point)
@@ -92,7 +111,8 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, __u8 point)
 
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return 1;
-	sock_translate(ctx, point, &no_backend);
+	if (!sock_translate(ctx, point, &no_backend) && point == SLUICE_POINT_SOCK_CONNECT)
+		sock_forget_front(ctx);
 	if (no_backend) {
 		/* Like a closed port: the application gets ECONNREFUSED at once. */
 		bpf_set_retval(-ECONNREFUSED);
@@ -101,20 +121,49 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, __u8 point)
 	return 1;
 }
 
-/* Shows the frontend instead of the backend a socket was translated to. */
-static __always_inline int sock_reverse(struct bpf_sock_addr *ctx)
+/* The frontend a connected socket's peer `address`:`port` stands for, if it was translated. */
+static __always_inline const struct lb4_revnat *sock_connected_front(struct bpf_sock_addr *ctx,
+								     __u32 address, __u16 port)
 {
-	struct sock_revnat_key rkey = {
-		.cookie = bpf_get_socket_cookie(ctx),
-		.address = ctx->user_ip4,
-		.port = (__u16)ctx->user_port,
-	};
-	struct lb4_revnat *front = bpf_map_lookup_elem(&sluice_sock_rnat, &rkey);
+	/* Without storage (most sockets: never connected to a frontend) this is a pointer
+	 * check on the socket, not a map lookup. */
+	struct sock_front *kept = bpf_sk_storage_get(&sluice_sock_front, ctx->sk, 0, 0);
+	if (kept && kept->backend_address == address && kept->backend_port == port)
+		return &kept->frontend;
+	return 0;
+}
 
-	if (front) {
-		ctx->user_ip4 = front->address;
-		ctx->user_port = front->port;
+/* Shows the frontend instead of the backend a socket was translated to. */
+static __always_inline void show_front(struct bpf_sock_addr *ctx, const struct lb4_revnat *front)
+{
+	ctx->user_ip4 = front->address;
+	ctx->user_port = front->port;
+}
+
+/* getpeername(): only a connected socket has a peer, and connect() kept its frontend. */
+static __always_inline int sock_reverse_peer(struct bpf_sock_addr *ctx)
+{
+	const struct lb4_revnat *front =
+		sock_connected_front(ctx, ctx->user_ip4, (__u16)ctx->user_port);
+	if (front)
+		show_front(ctx, front);
+	return 1;
+}
+
+/* recvmsg() (UDP): a connected socket's peer, else a frontend an unconnected send used. */
+static __always_inline int sock_reverse_datagram(struct bpf_sock_addr *ctx)
+{
+	__u32 address = ctx->user_ip4;
+	__u16 port = (__u16)ctx->user_port;
+	const struct lb4_revnat *front = sock_connected_front(ctx, address, port);
+	if (!front) {
+		struct sock_revnat_key rkey = {
+			.cookie = bpf_get_socket_cookie(ctx), .address = address, .port = port,
+		};
+		front = bpf_map_lookup_elem(&sluice_sock_rnat, &rkey);
 	}
+	if (front)
+		show_front(ctx, front);
 	return 1;
 }
 
@@ -133,13 +182,13 @@ int sock_sendmsg4(struct bpf_sock_addr *ctx)
 SEC("cgroup/recvmsg4")
 int sock_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock_reverse(ctx);
+	return sock_reverse_datagram(ctx);
 }
 
 SEC("cgroup/getpeername4")
 int sock_getpeername4(struct bpf_sock_addr *ctx)
 {
-	return sock_reverse(ctx);
+	return sock_reverse_peer(ctx);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -108,6 +108,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_sock_rnat SEC(".maps");
 
+/* Pinned like the rest: sockets connected before an agent restart keep their frontend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_front);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sock_front SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct ipcache_key);

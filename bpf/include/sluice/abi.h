@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
 /*
  * The one definition of every structure the datapath shares with userspace.
- * crates/sluice-abi mirrors these in Rust; its tests read the compiled objects'
+ * crates/sluice-datapath/src/abi.rs mirrors these in Rust; its tests read the compiled objects'
  * BTF and fail when a size or an offset drifts. Addresses and ports are in
  * network byte order everywhere.
  */
@@ -313,9 +313,21 @@ struct lb4_affinity {
 };
 
 /*
- * Socket-LB: a socket connected (or sending) to a frontend was given a backend at
- * connect()/sendmsg(); this remembers the frontend so getpeername() and recvmsg() can
- * show it to the application. Keyed by socket cookie and the backend.
+ * Socket-LB: a socket connected to a frontend was given a backend at connect(); the socket
+ * keeps the pair in its own storage (freed with it), so getpeername() and recvmsg() can
+ * show the frontend to the application.
+ */
+struct sock_front {
+	__u32 backend_address;
+	__u16 backend_port;
+	__u16 pad;
+	struct lb4_revnat frontend;
+};
+
+/*
+ * Socket-LB for unconnected UDP: a socket sending to a frontend was given a backend at
+ * sendmsg(), and may send to several; recvmsg() finds the frontend of a datagram's source
+ * here. Keyed by socket cookie and the backend.
  */
 struct sock_revnat_key {
 	__u64 cookie;

@@ -53,10 +53,44 @@ fn socket_lb_client() {
         }
         Err(e) => println!("RESULT udp error={:?}", e.kind()),
     }
+    // Connected UDP: the frontend is the peer, and a datagram comes from it.
+    let udp = UdpSocket::bind("0.0.0.0:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    match udp.connect(to).and_then(|()| udp.send(b"who")) {
+        Ok(_) => {
+            let mut buf = [0u8; 64];
+            match udp.recv_from(&mut buf) {
+                Ok((n, from)) => println!(
+                    "RESULT connected-udp peer={} from={from} name={}",
+                    udp.peer_addr().unwrap(),
+                    String::from_utf8_lossy(&buf[..n])
+                ),
+                Err(e) => println!("RESULT connected-udp error={:?}", e.kind()),
+            }
+        }
+        Err(e) => println!("RESULT connected-udp error={:?}", e.kind()),
+    }
+    // Connected again, straight to a backend: no frontend stands for it any more.
+    for backend in std::env::var("SLUICE_SOCKLB_BACKENDS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|b| !b.is_empty())
+    {
+        let direct: SocketAddr = backend.parse().unwrap();
+        match udp.connect(direct) {
+            Ok(()) => println!("RESULT reconnected-udp peer={}", udp.peer_addr().unwrap()),
+            Err(e) => println!("RESULT reconnected-udp error={:?}", e.kind()),
+        }
+    }
 }
 
 /// Runs the client in `pod` and `cgroup`; returns its RESULT lines.
-fn run_client(pod: &std::path::Path, cgroup: &std::path::Path, target: Ipv4Addr) -> Vec<String> {
+fn run_client(
+    pod: &std::path::Path,
+    cgroup: &std::path::Path,
+    target: Ipv4Addr,
+    backends: &[SocketAddr],
+) -> Vec<String> {
     let ns = Netns::from_path(pod).unwrap().open_fd().unwrap();
     let procs = std::fs::OpenOptions::new()
         .write(true)
@@ -71,6 +105,8 @@ fn run_client(pod: &std::path::Path, cgroup: &std::path::Path, target: Ipv4Addr)
         "--test-threads=1",
     ]);
     cmd.env("SLUICE_SOCKLB_TARGET", target.to_string());
+    let backends: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
+    cmd.env("SLUICE_SOCKLB_BACKENDS", backends.join(","));
     // SAFETY: only async-signal-safe calls (write, setns) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -128,8 +164,12 @@ fn connect_time_translation_is_invisible_to_the_application() {
     assert!(status.socket_lb, "socket-LB reported attached");
 
     let before = dnat_packets(&node);
-    let lines = run_client(&ips[0].0, &cgroup, VIP);
-    assert_eq!(lines.len(), 2, "{lines:?}\n{}", node.log());
+    let backends: Vec<SocketAddr> = ips[1..]
+        .iter()
+        .map(|(_, ip)| SocketAddr::new(ip.parse().unwrap(), 5353))
+        .collect();
+    let lines = run_client(&ips[0].0, &cgroup, VIP, &backends);
+    assert_eq!(lines.len(), 5, "{lines:?}\n{}", node.log());
     assert!(
         lines[0].starts_with(&format!("tcp peer={VIP}:80 name=b")),
         "{lines:?}"
@@ -138,13 +178,28 @@ fn connect_time_translation_is_invisible_to_the_application() {
         lines[1].starts_with(&format!("udp from={VIP}:53 name=b")),
         "{lines:?}"
     );
+    assert!(
+        lines[2].starts_with(&format!("connected-udp peer={VIP}:53 from={VIP}:53 name=b")),
+        "{lines:?}"
+    );
+    for (line, backend) in lines[3..].iter().zip(&backends) {
+        assert_eq!(
+            line,
+            &format!("reconnected-udp peer={backend}"),
+            "{lines:?}"
+        );
+    }
     assert_eq!(
         dnat_packets(&node),
         before,
         "translated at the socket: no packet needed NAT"
     );
 
-    let lines = run_client(&ips[0].0, &cgroup, EMPTY_VIP);
+    let lines = run_client(&ips[0].0, &cgroup, EMPTY_VIP, &[]);
     assert_eq!(lines[0], "tcp error=ConnectionRefused", "{lines:?}");
     assert_eq!(lines[1], "udp error=ConnectionRefused", "{lines:?}");
+    assert_eq!(
+        lines[2], "connected-udp error=ConnectionRefused",
+        "{lines:?}"
+    );
 }
