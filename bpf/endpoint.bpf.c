@@ -10,6 +10,33 @@
 #include "lib/service.h"
 
 /*
+ * Ingress policy of a pod of this node on a packet another pod of this node sent, whose
+ * egress the sender's entry `sender` admitted. A TCP connection whose two entries admitted
+ * it under one policy revision is marked so in both (SLUICE_CT_F_PEER_ADMITTED): while
+ * the policy stays (re-judging clears the mark), either pod's packets are admitted by the
+ * sender's entry alone, and the receiver's is not looked up. The receiver's entry stays
+ * live through the receiver's own packets (TCP always answers).
+ */
+static __always_inline __u16 inline_ingress_policy(struct __sk_buff *skb, __u8 point,
+						   const struct endpoint_info *receiver,
+						   __u32 daddr, const struct flow4 *sent,
+						   struct ct4_entry *sender)
+{
+	int tcp = sent->proto == IPPROTO_TCP;
+	if (tcp && sender && (sender->flags & SLUICE_CT_F_PEER_ADMITTED))
+		return 0;
+	struct ct4_entry *admitting = 0;
+	__u16 denied = policy_enforce(skb, point, receiver, daddr, SLUICE_POLICY_INGRESS, sent, 0,
+				      &admitting);
+	if (!denied && tcp && sender && admitting &&
+	    admitting->policy_revision == sender->policy_revision) {
+		sender->flags |= SLUICE_CT_F_PEER_ADMITTED;
+		admitting->flags |= SLUICE_CT_F_PEER_ADMITTED;
+	}
+	return denied;
+}
+
+/*
  * A packet entering the pod behind host-side device `ifindex`: ingress policy on the packet
  * as it arrives, then a service reply's source restored to its frontend. Returns the tc
  * verdict (TC_ACT_OK: on to the pod). to_container runs it on the device's egress; a pod of
@@ -18,10 +45,11 @@
  * the sender's egress policy judged. That packet has been through the sender's service
  * step (reverse translation included) already, and `sent` is the connection as ingress
  * policy judges it too (after DNAT, before the reply's source was restored).
+ * `sender_entry`: the sender's entry that admitted it (or NULL).
  */
 static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
 				       const struct endpoint_info *inline_peer,
-				       const struct flow4 *sent)
+				       const struct flow4 *sent, struct ct4_entry *sender_entry)
 {
 	const __u8 point = SLUICE_POINT_TO_ENDPOINT;
 	struct iphdr *ip = 0;
@@ -48,8 +76,7 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
 	/* Ingress policy, on the packet as it arrives (a reply still comes from the backend). */
 	__u16 denied = 0;
 	if (inline_peer) {
-		denied = policy_enforce(skb, point, inline_peer, daddr, SLUICE_POLICY_INGRESS, sent,
-					0);
+		denied = inline_ingress_policy(skb, point, inline_peer, daddr, sent, sender_entry);
 	} else {
 		const struct endpoint_info *self = lookup_endpoint(daddr);
 		if (self && self->ifindex == ifindex) {
@@ -57,8 +84,9 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
 			flow_of(skb, ip, saddr, daddr, &t, l4 == 0, &flow);
 			if (l4 == 0 && !flow.new_conn)
 				flow_untranslate_reply(&flow);
+			struct ct4_entry *admitting = 0;
 			denied = policy_enforce(skb, point, self, daddr, SLUICE_POLICY_INGRESS,
-						&flow, 0);
+						&flow, 0, &admitting);
 		}
 	}
 	if (denied)
@@ -88,7 +116,7 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
  */
 static __always_inline int deliver_to_pod(struct __sk_buff *skb, __u8 point,
 					  const struct endpoint_info *peer, __u8 ttl,
-					  const struct flow4 *sent)
+					  const struct flow4 *sent, struct ct4_entry *sender_entry)
 {
 	__u32 ifindex = peer->ifindex;
 	if (dec_ttl(skb, ttl) || rewrite_macs(skb, peer->host_mac, peer->pod_mac))
@@ -96,7 +124,7 @@ static __always_inline int deliver_to_pod(struct __sk_buff *skb, __u8 point,
 	if (trace_hand_over_reported())
 		trace_emit(skb, SLUICE_OUTCOME_REDIRECT, 0);
 	count_packet(skb, point, SLUICE_OUTCOME_REDIRECT, 0);
-	if (to_endpoint(skb, ifindex, peer, sent) != TC_ACT_OK)
+	if (to_endpoint(skb, ifindex, peer, sent, sender_entry) != TC_ACT_OK)
 		return TC_ACT_SHOT;
 	return bpf_redirect_peer(ifindex, 0);
 }
@@ -156,8 +184,9 @@ int from_container(struct __sk_buff *skb)
 		}
 	}
 	flow.untranslated = !outcome;
+	struct ct4_entry *admitting = 0;
 	__u16 denied = policy_enforce(skb, point, self, saddr, SLUICE_POLICY_EGRESS, &flow,
-				      tracked);
+				      tracked, &admitting);
 	if (denied)
 		return drop(skb, point, denied);
 	/* A reply translated back to a NodePort/ExternalIP frontend now comes from this node
@@ -166,7 +195,7 @@ int from_container(struct __sk_buff *skb)
 		return forward_routed(skb, point, load_saddr(skb), daddr, ttl);
 
 	if (peer)
-		return deliver_to_pod(skb, point, peer, ttl, &flow);
+		return deliver_to_pod(skb, point, peer, ttl, &flow, admitting);
 
 	struct datapath_config *cfg = datapath_config();
 	if (cfg && cfg->routing_mode == SLUICE_ROUTING_VXLAN) {
@@ -181,7 +210,7 @@ int from_container(struct __sk_buff *skb)
 SEC("classifier")
 int to_container(struct __sk_buff *skb)
 {
-	return to_endpoint(skb, skb->ifindex, 0, 0);
+	return to_endpoint(skb, skb->ifindex, 0, 0, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -27,19 +27,26 @@ static __always_inline void ct_touch(struct ct4_entry *e, __u64 now)
  * LRU's locks. A new element is looked up once after its insert: that marks it used, and
  * the LRU map evicts elements never looked up first — without the mark, the next insert
  * into a full map (this packet's next entry, say) may take back the one just made.
- * Returns 0, or the error of the insert.
+ * Returns 0, or the error of the insert; `*stored` (when given) is the entry in the map (NULL
+ * in the unlikely case another CPU's insert took it back at once).
  */
-static __always_inline long ct4_store(const struct ct4_key *key, const struct ct4_entry *entry)
+static __always_inline long ct4_store(const struct ct4_key *key, const struct ct4_entry *entry,
+				      struct ct4_entry **stored)
 {
 	struct ct4_entry *present = bpf_map_lookup_elem(&sluice_ct4, key);
 	if (present) {
 		*present = *entry;
+		if (stored)
+			*stored = present;
 		return 0;
 	}
 	long err = bpf_map_update_elem(&sluice_ct4, key, entry, BPF_ANY);
-	if (!err)
-		bpf_map_lookup_elem(&sluice_ct4, key);
-	return err;
+	if (err)
+		return err;
+	present = bpf_map_lookup_elem(&sluice_ct4, key);
+	if (stored)
+		*stored = present;
+	return 0;
 }
 
 #endif /* SLUICE_CT_H */

@@ -175,7 +175,7 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 		.rev_nat_id = svc->rev_nat_id, .backend_id = backend_id,
 		.alt_address = alt ? saddr : 0,
 	};
-	if (ct4_store(&fwd, &entry) || ct4_store(&rev, &reply)) {
+	if (ct4_store(&fwd, &entry, 0) || ct4_store(&rev, &reply, 0)) {
 		*reason = SLUICE_DROP_CT_INSERT_FAILED;
 		return LB_DROP;
 	}

@@ -220,7 +220,8 @@ enum ct_policy_state { CT_UNKNOWN, CT_ADMITTED, CT_REVOKED };
 /*
  * The tracked connection `e` (stored under `stored`; `k` is its endpoint-side key) stays
  * admitted while the policy is unchanged; after a change its next packet re-judges it as it
- * was first judged, so a revoked connection stops at once (and its entry goes).
+ * was first judged, so a revoked connection stops at once (and its entry goes). What it
+ * knew of the other pod's entry (SLUICE_CT_F_PEER_ADMITTED) held under the old policy only.
  * `admitted_dir` is the direction that admitted it.
  */
 static __always_inline int ct_still_admitted(struct ct4_entry *e, const struct ct4_key *stored,
@@ -240,23 +241,28 @@ static __always_inline int ct_still_admitted(struct ct4_entry *e, const struct c
 			return CT_REVOKED;
 		}
 		e->policy_revision = revision;
+		e->flags &= ~SLUICE_CT_F_PEER_ADMITTED;
 	}
 	ct_touch(e, now);
 	return CT_ADMITTED;
 }
 
-/* The endpoint's tracked connection for key `k`: whether it is admitted, and which way. */
+/* The endpoint's tracked connection for key `k`: whether it is admitted, and which way;
+ * `*entry` is the admitting entry (left alone for one an older datapath kept). */
 static __always_inline int ct_lookup_admitted(const struct ct4_key *k,
 					      struct ct4_entry *found,
 					      const struct endpoint_info *ep, __u32 endpoint,
 					      __u32 revision, __u64 now, __u64 lifetime,
-					      __u8 *admitted_dir)
+					      __u8 *admitted_dir, struct ct4_entry **entry)
 {
 	struct ct4_entry *e = found ? found : bpf_map_lookup_elem(&sluice_ct4, k);
 	if (e && !older_than(now, e->last_seen_ns, lifetime)) {
 		*admitted_dir = (e->flags & SLUICE_CT_F_ADMITTED_INGRESS) ? SLUICE_POLICY_INGRESS
 									    : SLUICE_POLICY_EGRESS;
-		return ct_still_admitted(e, k, k, ep, endpoint, *admitted_dir, revision, now);
+		int state = ct_still_admitted(e, k, k, ep, endpoint, *admitted_dir, revision, now);
+		if (state == CT_ADMITTED)
+			*entry = e;
+		return state;
 	}
 	/* An older datapath kept connections opened towards the endpoint as received. Only
 	 * looked for when the entry is missing, which a tracked connection's packets never are. */
@@ -294,12 +300,13 @@ static __always_inline struct ct4_entry *ct_lookup_sent(const struct flow4 *f)
  * sends it; ingress: it is about to enter the endpoint). Returns 0 to let it pass, else
  * the drop reason. Every new connection is tracked, isolated or not, so that its replies
  * pass even when the other direction becomes isolated later. `found`: the endpoint's
- * entry for `f`, when the caller looked it up already (else 0).
+ * entry for `f`, when the caller looked it up already (else 0). `*admitting` becomes the
+ * entry that admits the packet, when one does.
  */
 static __always_inline __u16 policy_enforce(struct __sk_buff *skb, __u8 point,
 					    const struct endpoint_info *ep, __u32 endpoint,
 					    __u8 dir, const struct flow4 *f,
-					    struct ct4_entry *found)
+					    struct ct4_entry *found, struct ct4_entry **admitting)
 {
 	/* A pod reaching itself (through a service: hairpin) is never judged. */
 	if (f->saddr == f->daddr || f->saddr == SLUICE_HAIRPIN_IP || f->daddr == SLUICE_HAIRPIN_IP)
@@ -316,7 +323,7 @@ static __always_inline __u16 policy_enforce(struct __sk_buff *skb, __u8 point,
 		 * admitted this way. */
 		__u8 admitted_dir = dir;
 		int known = ct_lookup_admitted(&key, found, ep, endpoint, revision, now,
-					       lifetime, &admitted_dir);
+					       lifetime, &admitted_dir, admitting);
 		if (known != CT_UNKNOWN)
 			trace_reply(admitted_dir != dir);
 		if (known == CT_ADMITTED)
@@ -345,7 +352,7 @@ static __always_inline __u16 policy_enforce(struct __sk_buff *skb, __u8 point,
 			 (f->untranslated && f->proto == IPPROTO_TCP ? SLUICE_CT_F_NOT_TRANSLATED
 								      : 0),
 	};
-	if (ct4_store(&key, &entry))
+	if (ct4_store(&key, &entry, admitting))
 		return SLUICE_DROP_CT_INSERT_FAILED;
 	return 0;
 }

@@ -168,6 +168,15 @@ static __always_inline int trace_due(const struct flow_event *ev, __u64 now)
 	if (same && !flags_change &&
 	    !older_than(now, recent->reported_ns, SLUICE_AGGREGATION_INTERVAL_NS))
 		return 0;
+	if (flags_change && !(ev->tcp_flags & TCP_FLAG_SYN)) {
+		/* A FIN or RST is always told and need not be remembered in the shared map: the
+		 * report its connection's opening left there still covers what follows. */
+		if (recent) {
+			recent->key = key;
+			recent->reported_ns = now;
+		}
+		return 1;
+	}
 	struct flow_seen *seen = bpf_map_lookup_elem(&sluice_flow_seen, &key);
 	__u32 at = seen_stamp(now), i = slot & (SLUICE_FLOW_SEEN_SLOTS - 1);
 	int due = 1;

@@ -101,6 +101,10 @@
 #define SLUICE_CT_F_ADMITTED_INGRESS 0x1  /* opened towards the endpoint (else by it) */
 #define SLUICE_CT_F_NOT_TRANSLATED 0x2    /* a TCP connection no service step of this node
 					   * translated: its packets need no reply lookup */
+#define SLUICE_CT_F_PEER_ADMITTED 0x4     /* a TCP connection between two pods of this node,
+					   * admitted by the other pod's entry under this entry's
+					   * policy revision: packets this endpoint sends need no
+					   * lookup of the other's entry (cleared on re-judging) */
 
 /* Security identities reserved for what is not a pod (numbered as Cilium's). Pods get
  * cluster identities from 256; ipBlock prefixes node-local ones from 1 << 24. */

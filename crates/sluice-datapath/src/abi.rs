@@ -53,6 +53,7 @@ pub const CT_LEGACY_INGRESS: u8 = 3;
 /// Ct4Entry.flags of CT_ENDPOINT entries: the connection was opened towards the endpoint.
 pub const CT_F_ADMITTED_INGRESS: u16 = 0x1;
 pub const CT_F_NOT_TRANSLATED: u16 = 0x2;
+pub const CT_F_PEER_ADMITTED: u16 = 0x4;
 
 pub const IDENTITY_ANY: u32 = 0;
 pub const IDENTITY_HOST: u32 = 1;

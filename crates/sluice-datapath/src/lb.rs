@@ -162,6 +162,11 @@ impl LbMaps {
         self.ct.insert(key, entry, 0).map_err(map_err(MAP_CT))
     }
 
+    /// Removes one conntrack entry; false when there was none.
+    pub fn remove_conntrack(&mut self, key: &Ct4Key) -> Result<bool> {
+        removed(MAP_CT, self.ct.remove(key))
+    }
+
     /// Entries in the conntrack map (walks its keys).
     pub fn conntrack_len(&self) -> usize {
         self.ct.keys().filter(|k| k.is_ok()).count()

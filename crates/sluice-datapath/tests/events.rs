@@ -281,15 +281,23 @@ fn medium_aggregation_reports_new_flows_and_tcp_flag_changes() {
         egress(&mut t, &tcp(conn.0, conn.1, ACK));
     }
     egress(&mut t, &tcp(conn.0, conn.1, FIN_ACK));
+    // The connection's last ACK after another flow's packet: still covered by the report
+    // its opening left.
+    let other = ((POD, 4001), (PEER, 80));
+    egress(&mut t, &tcp(other.0, other.1, SYN));
+    egress(&mut t, &tcp(conn.0, conn.1, ACK));
     let udp = packet(UDP, (POD, 5000), (PEER, 53), 0, true);
     for _ in 0..5 {
         egress(&mut t, &udp);
     }
-    let flags: Vec<(u8, u8)> = drain(&mut ring)
+    let flags: Vec<(u16, u8)> = drain(&mut ring)
         .iter()
-        .map(|e| (e.proto, e.tcp_flags))
+        .map(|e| (u16::from_be(e.sport), e.tcp_flags))
         .collect();
-    assert_eq!(flags, vec![(TCP, SYN), (TCP, FIN_ACK), (UDP, 0)]);
+    assert_eq!(
+        flags,
+        vec![(4000, SYN), (4000, FIN_ACK), (4001, SYN), (5000, 0)]
+    );
 
     // Without aggregation every packet is an event.
     t.dp.set_monitor_aggregation(AGGREGATION_NONE).unwrap();

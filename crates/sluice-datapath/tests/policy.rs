@@ -563,3 +563,62 @@ fn a_pod_of_this_node_is_reached_through_its_ingress_policy() {
     );
     assert_eq!(policy_drops(&t), 2);
 }
+
+/// Two pods of this node: once both ends' entries admitted a TCP connection under one policy
+/// revision, both are marked, and the sender's entry alone admits its later packets (the
+/// receiver's is not looked up); a policy change clears the mark, and the receiver is judged
+/// again.
+#[test]
+fn a_local_connection_admitted_at_both_ends_skips_the_receivers_lookup() {
+    if !require_root() {
+        return;
+    }
+    const NEIGHBOR: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 6);
+    let mut t = TestDatapath::load();
+    setup(&mut t, 0);
+    t.dp.upsert_endpoint(
+        NEIGHBOR,
+        EndpointInfo {
+            ifindex: 2,
+            flags: EP_INGRESS_ISOLATED,
+            identity: 302,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut key = entry_key(POLICY_INGRESS, 299, Some((TCP, 80, 16)));
+    key.data.endpoint = ip_to_be(NEIGHBOR);
+    allow(&mut t, key);
+    let conn = ((POD, 42000), (NEIGHBOR, 80));
+    assert_eq!(egress(&mut t, &tcp(conn.0, conn.1, SYN)), TC_ACT_REDIRECT);
+    let entry_of = |t: &TestDatapath, local: Ipv4Addr| {
+        t.dp.lb_ref()
+            .conntrack()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k.dir == CT_ENDPOINT && k.saddr == ip_to_be(local))
+            .expect("tracked")
+    };
+    for local in [POD, NEIGHBOR] {
+        let (_, entry) = entry_of(&t, local);
+        assert_ne!(entry.flags & CT_F_PEER_ADMITTED, 0, "{local}: {entry:?}");
+    }
+
+    // The neighbor's entry gone (as if evicted), and its policy without a revision bump: a
+    // lookup would judge the packet afresh and deny it. Marked, it is not made.
+    let (neighbor_key, _) = entry_of(&t, NEIGHBOR);
+    assert!(t.dp.lb().remove_conntrack(&neighbor_key).unwrap());
+    t.dp.policy().remove_entry(key).unwrap();
+    assert_eq!(
+        egress(&mut t, &tcp(conn.0, conn.1, ACK)),
+        TC_ACT_REDIRECT,
+        "admitted by the sender's entry alone"
+    );
+
+    // A policy change: the sender's entry is re-judged (and admits), its mark goes, and the
+    // neighbor's ingress policy is asked again.
+    t.dp.bump_policy_revision().unwrap();
+    assert_eq!(egress(&mut t, &tcp(conn.0, conn.1, ACK)), TC_ACT_SHOT);
+    let (_, entry) = entry_of(&t, POD);
+    assert_eq!(entry.flags & CT_F_PEER_ADMITTED, 0, "{entry:?}");
+}

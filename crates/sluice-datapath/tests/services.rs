@@ -184,17 +184,22 @@ fn a_connection_is_translated_tracked_and_its_replies_reversed() {
     );
     // Policy tracks it too, once per local endpoint and from that endpoint's side: the
     // client's egress, and a backend of this node's ingress (judged inline as it is handed
-    // over).
+    // over; then both entries know the other admitted it).
     let tracked = |local: (Ipv4Addr, u16), peer: (Ipv4Addr, u16), flags: u16| {
         endpoint_flags(&ct, local, peer) == Some(flags)
     };
+    let local_backend = backend.0 == LOCAL_BACKEND;
+    let peer_admitted = if local_backend { CT_F_PEER_ADMITTED } else { 0 };
     assert!(
-        tracked((CLIENT, 40000), backend, 0),
+        tracked((CLIENT, 40000), backend, peer_admitted),
         "the client's connection: {ct:?}"
     );
-    let local_backend = backend.0 == LOCAL_BACKEND;
     assert_eq!(
-        tracked(backend, (CLIENT, 40000), CT_F_ADMITTED_INGRESS),
+        tracked(
+            backend,
+            (CLIENT, 40000),
+            CT_F_ADMITTED_INGRESS | peer_admitted
+        ),
         local_backend,
         "the backend's side, when it is on this node: {ct:?}"
     );
@@ -963,11 +968,11 @@ fn an_untranslated_connection_skips_the_reply_lookup() {
     let flags_of = |local, peer| endpoint_flags(&ct, local, peer);
     assert_eq!(
         flags_of((CLIENT, 40000), (LOCAL_BACKEND, 8080)),
-        Some(CT_F_NOT_TRANSLATED)
+        Some(CT_F_NOT_TRANSLATED | CT_F_PEER_ADMITTED)
     );
     assert_eq!(
         flags_of((LOCAL_BACKEND, 8080), (CLIENT, 40000)),
-        Some(CT_F_ADMITTED_INGRESS | CT_F_NOT_TRANSLATED),
+        Some(CT_F_ADMITTED_INGRESS | CT_F_NOT_TRANSLATED | CT_F_PEER_ADMITTED),
         "the backend's side, judged inline"
     );
     // The SYN dropped the left-over reply entry (a new connection on its tuple); put it back.
