@@ -518,15 +518,11 @@ fn a_service_connection_is_judged_against_its_backend() {
     );
 }
 
-/// A pod of this node sending to another: the receiving pod's ingress policy is judged as
-/// the packet leaves the sender (it is then handed straight into the receiver's namespace,
-/// its host-side device's egress program never sees it), and the reply passes as one.
-#[test]
-fn a_pod_of_this_node_is_reached_through_its_ingress_policy() {
-    if !require_root() {
-        return;
-    }
-    const NEIGHBOR: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 6);
+/// A pod of this node beside POD, isolated for ingress (on another device than the tests run on).
+const NEIGHBOR: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 6);
+
+/// POD without policy, and NEIGHBOR with ingress isolation and no entry yet.
+fn with_isolated_neighbor() -> TestDatapath {
     let mut t = TestDatapath::load();
     setup(&mut t, 0);
     t.dp.upsert_endpoint(
@@ -539,6 +535,18 @@ fn a_pod_of_this_node_is_reached_through_its_ingress_policy() {
         },
     )
     .unwrap();
+    t
+}
+
+/// A pod of this node sending to another: the receiving pod's ingress policy is judged as
+/// the packet leaves the sender (it is then handed straight into the receiver's namespace,
+/// its host-side device's egress program never sees it), and the reply passes as one.
+#[test]
+fn a_pod_of_this_node_is_reached_through_its_ingress_policy() {
+    if !require_root() {
+        return;
+    }
+    let mut t = with_isolated_neighbor();
     let conn = ((POD, 41000), (NEIGHBOR, 80));
     assert_eq!(egress(&mut t, &tcp(conn.0, conn.1, SYN)), TC_ACT_SHOT);
     assert_eq!(
@@ -573,19 +581,7 @@ fn a_local_connection_admitted_at_both_ends_skips_the_receivers_lookup() {
     if !require_root() {
         return;
     }
-    const NEIGHBOR: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 6);
-    let mut t = TestDatapath::load();
-    setup(&mut t, 0);
-    t.dp.upsert_endpoint(
-        NEIGHBOR,
-        EndpointInfo {
-            ifindex: 2,
-            flags: EP_INGRESS_ISOLATED,
-            identity: 302,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut t = with_isolated_neighbor();
     let mut key = entry_key(POLICY_INGRESS, 299, Some((TCP, 80, 16)));
     key.data.endpoint = ip_to_be(NEIGHBOR);
     allow(&mut t, key);
