@@ -115,11 +115,11 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
  * the delivery (the receiver's), unless every packet is reported at every point.
  */
 static __always_inline int deliver_to_pod(struct __sk_buff *skb, __u8 point,
-					  const struct endpoint_info *peer, __u8 ttl,
-					  const struct flow4 *sent, struct ct4_entry *sender_entry)
+					  const struct endpoint_info *peer, const struct flow4 *sent,
+					  struct ct4_entry *sender_entry)
 {
 	__u32 ifindex = peer->ifindex;
-	if (dec_ttl(skb, ttl) || rewrite_macs(skb, peer->host_mac, peer->pod_mac))
+	if (route_frame(skb, peer->host_mac, peer->pod_mac))
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
 	if (trace_hand_over_reported())
 		trace_emit(skb, SLUICE_OUTCOME_REDIRECT, 0);
@@ -195,7 +195,7 @@ int from_container(struct __sk_buff *skb)
 		return forward_routed(skb, point, load_saddr(skb), daddr, ttl);
 
 	if (peer)
-		return deliver_to_pod(skb, point, peer, ttl, &flow, admitting);
+		return deliver_to_pod(skb, point, peer, &flow, admitting);
 
 	struct datapath_config *cfg = datapath_config();
 	if (cfg && cfg->routing_mode == SLUICE_ROUTING_VXLAN) {

@@ -25,7 +25,7 @@ int from_overlay(struct __sk_buff *skb)
 
 	struct endpoint_info *ep = lookup_endpoint(ip->daddr);
 	if (ep)
-		return deliver_local(skb, point, ep, ttl);
+		return deliver_local(skb, point, ep);
 	return to_stack(skb, point);
 }
 

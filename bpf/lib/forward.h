@@ -70,9 +70,9 @@ static __always_inline int enter_ipv4(struct __sk_buff *skb, __u8 point, struct 
  * veth, so the to-endpoint program on that device still sees it.
  */
 static __always_inline int deliver_local(struct __sk_buff *skb, __u8 point,
-					 const struct endpoint_info *ep, __u8 ttl)
+					 const struct endpoint_info *ep)
 {
-	if (dec_ttl(skb, ttl) || rewrite_macs(skb, ep->host_mac, ep->pod_mac))
+	if (route_frame(skb, ep->host_mac, ep->pod_mac))
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
 	count(skb, point, SLUICE_OUTCOME_REDIRECT, 0);
 	return bpf_redirect(ep->ifindex, 0);
@@ -115,7 +115,7 @@ static __always_inline int forward_routed(struct __sk_buff *skb, __u8 point, __u
 {
 	struct endpoint_info *ep = lookup_endpoint(daddr);
 	if (ep)
-		return deliver_local(skb, point, ep, ttl);
+		return deliver_local(skb, point, ep);
 	struct datapath_config *cfg = datapath_config();
 	if (cfg && cfg->routing_mode == SLUICE_ROUTING_VXLAN) {
 		struct tunnel_info *remote = lookup_tunnel(daddr);

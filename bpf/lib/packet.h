@@ -97,4 +97,38 @@ static __always_inline int dec_ttl(struct __sk_buff *skb, __u8 ttl)
 	return 0;
 }
 
+/* The frame through its IPv4 header checksum: what forwarding rewrites. */
+#define ROUTED_HEAD_LEN (IP_CSUM_OFF + 2)
+
+/*
+ * What a router does to a frame it hands on, in one store: MACs `src` and `dst`, the TTL
+ * one less and the header checksum adjusted for it (the bytes between are written back as
+ * they were). Every writing helper call may first have to unclone the packet's head;
+ * dec_ttl and rewrite_macs made three. The caller has checked ttl > 1. Returns 0 or a
+ * negative error.
+ */
+static __always_inline int route_frame(struct __sk_buff *skb, const __u8 *src, const __u8 *dst)
+{
+	__u8 head[ROUTED_HEAD_LEN] __attribute__((aligned(8)));
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+
+	if (data + sizeof(head) <= data_end)
+		__builtin_memcpy(head, data, sizeof(head));
+	else if (bpf_skb_load_bytes(skb, 0, head, sizeof(head)))
+		return -1;
+	__builtin_memcpy(head, dst, ETH_ALEN);
+	__builtin_memcpy(head + ETH_ALEN, src, ETH_ALEN);
+	head[IP_TTL_OFF] -= 1;
+	/* The TTL is the high byte of its 16-bit word, so the word fell by 0x0100 (network
+	 * order) and the one's-complement checksum rises by as much, carry folded back. */
+	__u16 check;
+	__builtin_memcpy(&check, head + IP_CSUM_OFF, sizeof(check));
+	__u32 sum = (__u32)check + bpf_htons(0x0100);
+	check = (__u16)(sum + (sum >> 16));
+	__builtin_memcpy(head + IP_CSUM_OFF, &check, sizeof(check));
+	if (bpf_skb_store_bytes(skb, 0, head, sizeof(head), 0))
+		return -1;
+	return 0;
+}
+
 #endif /* SLUICE_PACKET_H */

@@ -116,6 +116,16 @@ fn local_pod_to_pod_is_redirected_with_router_rewrites() {
     );
     assert_eq!(&out.packet[34..], &input[34..], "L4 untouched");
     assert_eq!(counted(&t, POINT_FROM_ENDPOINT, OUTCOME_REDIRECT, 0), 1);
+    // The checksum is adjusted incrementally: across TTLs its sum carries or not.
+    for ttl in [2u8, 3, 17, 100, 128, 129, 200, 255] {
+        let out = run(
+            &mut t,
+            sluice_datapath::FROM_CONTAINER,
+            &udp_packet(POD_A, POD_B, ttl),
+        );
+        assert_eq!(out.packet[22], ttl - 1);
+        assert_eq!(checksum(ip_header(&out.packet)), 0, "TTL {ttl}");
+    }
 }
 
 #[test]
