@@ -175,7 +175,9 @@ int from_container(struct __sk_buff *skb)
 			return verdict;
 		if (daddr != ip_daddr)
 			peer = lookup_endpoint(daddr);
-		if (!outcome && lb4_starts_connection(&t))
+		/* A TCP connection to a pod of this node needs no forgetting: both its entries say
+		 * no service step translated it, so its replies skip the reply lookup. */
+		if (!outcome && lb4_starts_connection(&t) && !(peer && t.proto == IPPROTO_TCP))
 			lb4_forget_stale_reply(saddr, daddr, &t);
 		if (outcome == SLUICE_OUTCOME_DNAT) {
 			flow.daddr = daddr;

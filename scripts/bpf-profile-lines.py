@@ -29,10 +29,11 @@ BPF_OBJ_GET_INFO_BY_FD = 15
 # Offsets in struct bpf_prog_info (include/uapi/linux/bpf.h).
 INFO_SIZE = 232
 NR_JITED_KSYMS, JITED_KSYMS = 104, 112
+NR_JITED_FUNC_LENS, JITED_FUNC_LENS = 108, 120
 NR_LINE_INFO, LINE_INFO = 148, 152
 JITED_LINE_INFO, NR_JITED_LINE_INFO = 160, 168
 LINE_INFO_REC_SIZE, JITED_LINE_INFO_REC_SIZE = 172, 176
-U32_FIELDS = {NR_JITED_KSYMS, NR_LINE_INFO, NR_JITED_LINE_INFO, LINE_INFO_REC_SIZE,
+U32_FIELDS = {NR_JITED_KSYMS, NR_JITED_FUNC_LENS, NR_LINE_INFO, NR_JITED_LINE_INFO, LINE_INFO_REC_SIZE,
               JITED_LINE_INFO_REC_SIZE}
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -60,26 +61,30 @@ def u32(buf, offset):
 
 
 def line_table(prog_id):
-    """Sorted (JIT address, source line) pairs, and the address of each function."""
+    """Sorted (JIT address, source line) pairs, and each function's (start, end) address."""
     fd = bpf(BPF_PROG_GET_FD_BY_ID, struct.pack("III", prog_id, 0, 0))
     info = prog_info(fd)
     n_lines, n_jited = u32(info, NR_LINE_INFO), u32(info, NR_JITED_LINE_INFO)
     line_size, jited_size = u32(info, LINE_INFO_REC_SIZE), u32(info, JITED_LINE_INFO_REC_SIZE)
-    n_ksyms = u32(info, NR_JITED_KSYMS)
+    n_ksyms, n_lens = u32(info, NR_JITED_KSYMS), u32(info, NR_JITED_FUNC_LENS)
     if not n_lines or not n_jited:
         sys.exit(f"program {prog_id} has no line info (built without -g?) or is not JITed")
     lines = ctypes.create_string_buffer(n_lines * line_size)
     jited = ctypes.create_string_buffer(n_jited * jited_size)
     ksyms = ctypes.create_string_buffer(n_ksyms * 8)
+    lens = ctypes.create_string_buffer(n_lens * 4)
     prog_info(fd, [
         (NR_LINE_INFO, n_lines), (LINE_INFO, ctypes.addressof(lines)),
         (LINE_INFO_REC_SIZE, line_size), (NR_JITED_LINE_INFO, n_jited),
         (JITED_LINE_INFO, ctypes.addressof(jited)), (JITED_LINE_INFO_REC_SIZE, jited_size),
         (NR_JITED_KSYMS, n_ksyms), (JITED_KSYMS, ctypes.addressof(ksyms)),
+        (NR_JITED_FUNC_LENS, n_lens), (JITED_FUNC_LENS, ctypes.addressof(lens)),
     ])
     insn_of_line = [u32(lines, i * line_size) for i in range(n_lines)]
     address_of_line = [struct.unpack_from("Q", jited, i * jited_size)[0] for i in range(n_jited)]
-    function_addresses = [struct.unpack_from("Q", ksyms, i * 8)[0] for i in range(n_ksyms)]
+    functions = [(struct.unpack_from("Q", ksyms, i * 8)[0], u32(lens, i * 4))
+                 for i in range(min(n_ksyms, n_lens))]
+    functions = [(start, start + length) for start, length in functions]
 
     # bpftool prints each line's source as "; text [file:... line_num:N ...]" before its
     # first instruction.
@@ -95,11 +100,11 @@ def line_table(prog_id):
             source_of_insn.setdefault(int(m.group(1)), current)
     table = sorted((address_of_line[i], source_of_insn.get(insn_of_line[i], "?"))
                    for i in range(min(n_lines, n_jited)))
-    return table, function_addresses
+    return table, functions
 
 
 def samples(path):
-    """Each sample's stack, leaf first, as (symbol, offset) pairs."""
+    """Each sample's stack, leaf first, as (symbol, offset, address) triples."""
     stack = []
     with open(path) as f:
         for text in f:
@@ -112,7 +117,7 @@ def samples(path):
             if len(fields) >= 2:
                 m = re.match(r"(.+)\+0x([0-9a-f]+)$", fields[1])
                 if m:
-                    stack.append((m.group(1), int(m.group(2), 16)))
+                    stack.append((m.group(1), int(m.group(2), 16), int(fields[0], 16)))
     if stack:
         yield stack
 
@@ -126,19 +131,21 @@ def main():
 
     table, functions = line_table(args.prog_id)
     addresses = [a for a, _ in table]
-    # perf names the main function bpf_prog_<tag>_<name>; its offsets start at functions[0].
     name = subprocess.run(["bpftool", "prog", "show", "id", str(args.prog_id)],
                           capture_output=True, text=True, check=True).stdout
     prog_name = re.search(r"name (\S+)", name).group(1)
-    symbol = re.compile(r"bpf_prog_[0-9a-f]+_" + re.escape(prog_name) + "$")
+    # A frame is this program's when its address lies in one of its functions (the main one
+    # or a noinline subprogram; perf's names for them need not carry bpftool's tag).
+    def ours(address):
+        return any(start <= address < end for start, end in functions)
 
     counts, total = collections.Counter(), 0
     for stack in samples(args.perf_script):
-        for depth, (sym, offset) in enumerate(stack):
-            if not symbol.match(sym):
+        for depth, (sym, offset, address) in enumerate(stack):
+            if not ours(address):
                 continue
-            # A caller's offset is the return address: one byte back is the call.
-            address = functions[0] + offset - (1 if depth else 0)
+            # A caller's address is the return address: one byte back is the call.
+            address -= 1 if depth else 0
             i = bisect.bisect_right(addresses, address) - 1
             line = table[i][1] if i >= 0 else "?"
             counts[(line, "self" if depth == 0 else stack[depth - 1][0])] += 1

@@ -975,8 +975,14 @@ fn an_untranslated_connection_skips_the_reply_lookup() {
         Some(CT_F_ADMITTED_INGRESS | CT_F_NOT_TRANSLATED | CT_F_PEER_ADMITTED),
         "the backend's side, judged inline"
     );
-    // The SYN dropped the left-over reply entry (a new connection on its tuple); put it back.
-    plant(&mut t);
+    assert!(
+        t.dp.lb_ref()
+            .conntrack()
+            .unwrap()
+            .iter()
+            .any(|(k, _)| *k == left_over),
+        "a connection to a pod of this node leaves the left-over entry alone (and ignores it)"
+    );
     for flags in [0x12, 0x10, 0x11] {
         let out = from_backend(&mut t, flags);
         assert_eq!(out.retval, TC_ACT_REDIRECT);
@@ -986,6 +992,31 @@ fn an_untranslated_connection_skips_the_reply_lookup() {
             "a reply of the untranslated connection keeps its source (flags {flags:#x})"
         );
     }
+
+    // To a pod of another node, whose replies arrive without a tracked entry of ours to say
+    // so: the new connection's SYN drops the left-over entry on its tuple.
+    let remote_left_over = Ct4Key {
+        saddr: be(REMOTE_BACKEND),
+        dport: 40001u16.to_be(),
+        ..left_over
+    };
+    t.dp.lb()
+        .set_conntrack(remote_left_over, Ct4Entry::default())
+        .unwrap();
+    run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 40001), (REMOTE_BACKEND, 8080), 0x02, true),
+    );
+    assert!(
+        !t.dp
+            .lb_ref()
+            .conntrack()
+            .unwrap()
+            .iter()
+            .any(|(k, _)| *k == remote_left_over),
+        "the left-over entry of a connection to another node is forgotten"
+    );
 }
 
 /// A tracked connection's last-seen time is rewritten when it is a second old, not on every
