@@ -75,6 +75,7 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
 
 	/* Ingress policy, on the packet as it arrives (a reply still comes from the backend). */
 	__u16 denied = 0;
+	struct ct4_entry *admitting = 0;
 	if (inline_peer) {
 		denied = inline_ingress_policy(skb, point, inline_peer, daddr, sent, sender_entry);
 	} else {
@@ -84,15 +85,16 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, __u32 ifindex,
 			flow_of(skb, ip, saddr, daddr, &t, l4 == 0, &flow);
 			if (l4 == 0 && !flow.new_conn)
 				flow_untranslate_reply(&flow);
-			struct ct4_entry *admitting = 0;
 			denied = policy_enforce(skb, point, self, daddr, SLUICE_POLICY_INGRESS,
 						&flow, 0, &admitting);
 		}
 	}
 	if (denied)
 		return drop(skb, point, denied);
-	/* Replies from a service backend: restore the frontend as their source. */
-	if (l4 == 0 && !inline_peer) {
+	/* Replies from a service backend: restore the frontend as their source (not in a TCP
+	 * connection the receiver's entry says no service step of this node translated). */
+	if (l4 == 0 && !inline_peer &&
+	    !(admitting && (admitting->flags & SLUICE_CT_F_NOT_TRANSLATED))) {
 		__u16 reason = 0;
 		switch (lb4_reverse(skb, saddr, daddr, &t, &daddr, &reason)) {
 		case LB_DROP:

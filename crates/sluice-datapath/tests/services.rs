@@ -860,7 +860,8 @@ fn an_entry_stamped_ahead_of_this_cpus_clock_keeps_its_backend() {
 }
 
 /// A client reusing a service connection's tuple to talk to the backend directly (as it does
-/// after socket-LB translated its connect()) must get the backend's replies untouched.
+/// after socket-LB translated its connect()) must get the backend's replies untouched, whether
+/// the backend is on this node or another.
 #[test]
 fn a_direct_connection_on_a_reused_tuple_is_not_reverse_translated() {
     if !require_root() {
@@ -868,26 +869,34 @@ fn a_direct_connection_on_a_reused_tuple_is_not_reverse_translated() {
     }
     let mut t = TestDatapath::load();
     setup(&mut t, false);
-    let out = run(
-        &mut t,
-        sluice_datapath::FROM_CONTAINER,
-        &packet(TCP, (CLIENT, 45000), (VIP, 80), SYN, true),
-    );
-    let backend = parse(&out.packet).dst;
-    // Later, the same client port, straight to that backend.
-    let direct = packet(TCP, (CLIENT, 45000), backend, SYN, true);
-    let out = run(&mut t, sluice_datapath::FROM_CONTAINER, &direct);
-    assert_eq!(parse(&out.packet).dst, backend, "not a service packet");
-    let out = run(
-        &mut t,
-        sluice_datapath::TO_CONTAINER,
-        &packet(TCP, backend, (CLIENT, 45000), SYN | ACK, true),
-    );
-    assert_eq!(
-        parse(&out.packet).src,
-        backend,
-        "the reply keeps the backend's address"
-    );
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 45000..45064u16 {
+        let out = run(
+            &mut t,
+            sluice_datapath::FROM_CONTAINER,
+            &packet(TCP, (CLIENT, port), (VIP, 80), SYN, true),
+        );
+        let backend = parse(&out.packet).dst;
+        seen.insert(backend.0);
+        // Later, the same client port, straight to that backend.
+        let direct = packet(TCP, (CLIENT, port), backend, SYN, true);
+        let out = run(&mut t, sluice_datapath::FROM_CONTAINER, &direct);
+        assert_eq!(parse(&out.packet).dst, backend, "not a service packet");
+        let out = run(
+            &mut t,
+            sluice_datapath::TO_CONTAINER,
+            &packet(TCP, backend, (CLIENT, port), SYN | ACK, true),
+        );
+        assert_eq!(
+            parse(&out.packet).src,
+            backend,
+            "the reply keeps the backend's address"
+        );
+        if seen.len() == 2 {
+            return;
+        }
+    }
+    panic!("64 connections reached only {seen:?}");
 }
 
 /// A TCP connection between two pods of the node that no service step translated is
