@@ -11,14 +11,16 @@ pub struct FlowRing<T> {
     live: broadcast::Sender<Arc<T>>,
 }
 
+/// Flows are kept by value (a busy node pushes tens of thousands a second: no allocation each,
+/// nor a free when one falls out); readers get shared copies.
 struct Inner<T> {
-    flows: VecDeque<Arc<T>>,
+    flows: VecDeque<T>,
     capacity: usize,
     /// Every flow ever pushed, including those evicted since.
     seen: u64,
 }
 
-impl<T> FlowRing<T> {
+impl<T: Clone> FlowRing<T> {
     pub fn new(capacity: usize) -> Self {
         let (live, _) = broadcast::channel(capacity.clamp(16, 65536));
         Self {
@@ -32,17 +34,17 @@ impl<T> FlowRing<T> {
     }
 
     pub fn push(&self, flow: T) {
-        let flow = Arc::new(flow);
-        {
-            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            if inner.flows.len() == inner.capacity {
-                inner.flows.pop_front();
-            }
-            inner.flows.push_back(flow.clone());
-            inner.seen += 1;
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // Sent under the lock a follower subscribes under: it gets each flow once, in its
+        // snapshot or from here. Without followers there is nothing to copy.
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(Arc::new(flow.clone()));
         }
-        // No followers is not an error.
-        let _ = self.live.send(flow);
+        if inner.flows.len() == inner.capacity {
+            inner.flows.pop_front();
+        }
+        inner.flows.push_back(flow);
+        inner.seen += 1;
     }
 
     /// The buffered flows, oldest first, and a subscription that continues right after them
@@ -50,12 +52,12 @@ impl<T> FlowRing<T> {
     pub fn snapshot_and_follow(&self) -> (Vec<Arc<T>>, broadcast::Receiver<Arc<T>>) {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let rx = self.live.subscribe();
-        (inner.flows.iter().cloned().collect(), rx)
+        (copies(&inner.flows), rx)
     }
 
     pub fn snapshot(&self) -> Vec<Arc<T>> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.flows.iter().cloned().collect()
+        copies(&inner.flows)
     }
 
     /// (flows buffered, capacity, flows seen since start).
@@ -63,6 +65,10 @@ impl<T> FlowRing<T> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         (inner.flows.len() as u64, inner.capacity as u64, inner.seen)
     }
+}
+
+fn copies<T: Clone>(flows: &VecDeque<T>) -> Vec<Arc<T>> {
+    flows.iter().cloned().map(Arc::new).collect()
 }
 
 #[cfg(test)]
@@ -88,5 +94,18 @@ mod tests {
         ring.push(2);
         assert_eq!(past.len(), 1);
         assert_eq!(*rx.recv().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn without_followers_nothing_is_sent_and_a_later_follower_starts_at_its_snapshot() {
+        let ring = FlowRing::new(4);
+        ring.push(1);
+        ring.push(2);
+        assert_eq!(ring.live.len(), 0, "no follower: nothing queued for one");
+        let (past, mut rx) = ring.snapshot_and_follow();
+        assert_eq!(past.iter().map(|f| **f).collect::<Vec<_>>(), vec![1, 2]);
+        ring.push(3);
+        assert_eq!(*rx.recv().await.unwrap(), 3);
+        assert!(rx.try_recv().is_err(), "each flow once");
     }
 }

@@ -18,7 +18,7 @@ use super::filter::Filters;
 use super::{Observer, CLUSTER_NAME};
 
 /// What the ring keeps: a resolved event (a flow once read) or a loss report.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Record {
     Flow(Observed),
     /// Boxed: a response with room for a whole flow, and rare.
