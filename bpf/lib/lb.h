@@ -62,7 +62,7 @@ static __always_inline int lb4_maglev(__u32 saddr, __u32 daddr, const struct l4_
 static __always_inline struct lb4_backend *lb4_select(__u32 client, __u32 vip, const struct l4_tuple *t,
 						       const struct lb4_service *svc, __u32 *backend_id)
 {
-	__u64 now = flow_clock_ns();
+	__u64 now = packet_clock_ns();
 	struct lb4_affinity_key akey = { .client = client, .rev_nat_id = svc->rev_nat_id };
 
 	if (svc->flags & SLUICE_SVC_AFFINITY) {
@@ -125,7 +125,7 @@ static __always_inline enum lb_verdict lb4_translate(struct __sk_buff *skb, __u3
 		.saddr = saddr, .daddr = daddr, .sport = t->sport, .dport = t->dport,
 		.proto = t->proto, .dir = SLUICE_CT_SERVICE,
 	};
-	__u64 now = flow_clock_ns();
+	__u64 now = packet_clock_ns();
 	/* A bare SYN starts a new connection even if the tuple is reused: no need to look. */
 	int new_tcp = tcp_bare_syn(t);
 	struct ct4_entry *ct = new_tcp ? 0 : bpf_map_lookup_elem(&sluice_ct4, &fwd);
@@ -205,7 +205,7 @@ static __always_inline enum lb_verdict lb4_reverse(struct __sk_buff *skb, __u32 
 	struct ct4_entry *ct = bpf_map_lookup_elem(&sluice_ct4, &rev);
 	if (!ct)
 		return LB_PASS;
-	__u64 now = flow_clock_ns();
+	__u64 now = packet_clock_ns();
 	__u64 lifetime = t->proto == IPPROTO_TCP ? SLUICE_CT_LIFETIME_TCP_NS : SLUICE_CT_LIFETIME_UDP_NS;
 	if (older_than(now, ct->last_seen_ns, lifetime))
 		return LB_PASS;  /* an expired connection's entry translates nothing */

@@ -204,12 +204,18 @@ struct {
 	__uint(max_entries, SLUICE_FLOW_SEEN_SLOTS);
 } sluice_flow_seen_recent SEC(".maps");
 
-/* The event being assembled for the packet a program is handling (not pinned: it lives only
- * while one program runs on this CPU). */
+/* The event being assembled for the packet a program is handling, and the flow clock as the
+ * program read it when it started (not pinned: it lives only while one program runs on this
+ * CPU). */
+struct trace_scratch {
+	struct flow_event ev;
+	__u64 clock_ns;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
-	__type(value, struct flow_event);
+	__type(value, struct trace_scratch);
 	__uint(max_entries, 1);
 } sluice_trace_scratch SEC(".maps");
 

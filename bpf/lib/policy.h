@@ -290,7 +290,7 @@ static __always_inline struct ct4_entry *ct_lookup_sent(const struct flow4 *f)
 	struct ct4_key k = {};
 	ct_endpoint_key(f, SLUICE_POLICY_EGRESS, &k);
 	struct ct4_entry *e = bpf_map_lookup_elem(&sluice_ct4, &k);
-	if (!e || older_than(flow_clock_ns(), e->last_seen_ns, SLUICE_CT_LIFETIME_TCP_NS))
+	if (!e || older_than(packet_clock_ns(), e->last_seen_ns, SLUICE_CT_LIFETIME_TCP_NS))
 		return 0;
 	return e;
 }
@@ -313,7 +313,7 @@ static __always_inline __u16 policy_enforce(struct __sk_buff *skb, __u8 point,
 		return 0;
 	struct datapath_config *cfg = datapath_config();
 	__u32 revision = cfg ? cfg->policy_revision : 0;
-	__u64 now = flow_clock_ns();
+	__u64 now = packet_clock_ns();
 	__u64 lifetime = f->proto == IPPROTO_TCP ? SLUICE_CT_LIFETIME_TCP_NS : SLUICE_CT_LIFETIME_UDP_NS;
 
 	struct ct4_key key = {};

@@ -1075,3 +1075,60 @@ fn a_live_entry_is_restamped_once_a_second_not_per_packet() {
         "two seconds old: restamped"
     );
 }
+
+/// CLOCK_MONOTONIC_COARSE now, ns: the clock the datapath stamps entries with.
+fn coarse_now_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut t) },
+        0
+    );
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Each packet's program reads the flow clock once when it starts and stamps what it tracks
+/// with it: a packet run after a pause stamps the time of its own run, not the one a packet
+/// before it read.
+#[test]
+fn a_packet_stamps_its_entries_with_the_time_it_was_handled() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDatapath::load();
+    setup(&mut t, false);
+    let stamps = |t: &TestDatapath, port: u16| -> Vec<u64> {
+        t.dp.lb_ref()
+            .conntrack()
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.sport == port.to_be() || k.dport == port.to_be())
+            .map(|(_, e)| e.last_seen_ns)
+            .collect()
+    };
+    run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 47000), (VIP, 80), 0x02, true),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let before = coarse_now_ns();
+    run(
+        &mut t,
+        sluice_datapath::FROM_CONTAINER,
+        &packet(TCP, (CLIENT, 47001), (VIP, 80), 0x02, true),
+    );
+    let second = stamps(&t, 47001);
+    assert!(
+        second.len() >= 3,
+        "service, reply and endpoint entries: {second:?}"
+    );
+    assert!(
+        second.iter().all(|s| *s >= before),
+        "stamped at {second:?}, the run began at {before}"
+    );
+    assert!(stamps(&t, 47000).iter().all(|s| *s < before));
+}
