@@ -205,7 +205,7 @@ int from_container(struct __sk_buff *skb)
 	if (cfg && cfg->routing_mode == SLUICE_ROUTING_VXLAN) {
 		struct tunnel_info *remote = lookup_tunnel(daddr);
 		if (remote && remote->node_ip != cfg->node_ip)
-			return encap_to_remote(skb, point, cfg, remote, ttl);
+			return encap_to_remote(skb, point, cfg, remote);
 	}
 	/* Native routing, node addresses and the world: the kernel's routes decide. */
 	return to_stack(skb, point);

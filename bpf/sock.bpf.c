@@ -98,7 +98,8 @@ static __always_inline int sock_translate(struct bpf_sock_addr *ctx, __u8 point,
 	return 1;
 }
 
-/* A UDP socket connected again, now to no frontend: its earlier peer's frontend is void. */
+/* A socket connected again (UDP; TCP after a failed attempt), now to no frontend: its
+ * earlier peer's frontend is void. */
 static __always_inline void sock_forget_front(struct bpf_sock_addr *ctx)
 {
 	if (bpf_sk_storage_get(&sluice_sock_front, ctx->sk, 0, 0))

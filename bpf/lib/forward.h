@@ -79,8 +79,9 @@ static __always_inline int deliver_local(struct __sk_buff *skb, __u8 point,
 }
 
 /* Sets the tunnel metadata the collect_md VXLAN device encapsulates with. */
-static __always_inline int set_tunnel(struct __sk_buff *skb, const struct datapath_config *cfg,
-				      const struct tunnel_info *remote)
+static __always_inline int set_tunnel_key(struct __sk_buff *skb,
+					  const struct datapath_config *cfg,
+					  const struct tunnel_info *remote)
 {
 	struct bpf_tunnel_key key = {};
 
@@ -89,16 +90,27 @@ static __always_inline int set_tunnel(struct __sk_buff *skb, const struct datapa
 	key.tunnel_ttl = 64;
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
 		return -1;
-	/* The remote VXLAN device only accepts frames addressed to its own MAC. */
+	return 0;
+}
+
+/* The tunnel metadata, and the inner MACs: the remote VXLAN device only accepts frames
+ * addressed to its own MAC. */
+static __always_inline int set_tunnel(struct __sk_buff *skb, const struct datapath_config *cfg,
+				      const struct tunnel_info *remote)
+{
+	if (set_tunnel_key(skb, cfg, remote))
+		return -1;
 	return rewrite_macs(skb, cfg->vxlan_mac, remote->node_mac);
 }
 
-/* Send a packet from a local pod to a pod on another node through the tunnel. */
+/* Send a packet from a local pod to a pod on another node through the tunnel: routed (TTL
+ * and inner MACs in one store), then encapsulated. The caller has checked ttl > 1. */
 static __always_inline int encap_to_remote(struct __sk_buff *skb, __u8 point,
 					   const struct datapath_config *cfg,
-					   const struct tunnel_info *remote, __u8 ttl)
+					   const struct tunnel_info *remote)
 {
-	if (dec_ttl(skb, ttl) || set_tunnel(skb, cfg, remote))
+	if (set_tunnel_key(skb, cfg, remote) ||
+	    route_frame(skb, cfg->vxlan_mac, remote->node_mac))
 		return drop(skb, point, SLUICE_DROP_INVALID_PACKET);
 	count(skb, point, SLUICE_OUTCOME_ENCAP, 0);
 	return bpf_redirect(cfg->vxlan_ifindex, 0);
@@ -120,7 +132,7 @@ static __always_inline int forward_routed(struct __sk_buff *skb, __u8 point, __u
 	if (cfg && cfg->routing_mode == SLUICE_ROUTING_VXLAN) {
 		struct tunnel_info *remote = lookup_tunnel(daddr);
 		if (remote && remote->node_ip != cfg->node_ip)
-			return encap_to_remote(skb, point, cfg, remote, ttl);
+			return encap_to_remote(skb, point, cfg, remote);
 	}
 	struct bpf_fib_lookup fib = {};
 	fib.family = 2; /* AF_INET */
