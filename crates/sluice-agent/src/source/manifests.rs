@@ -180,6 +180,30 @@ fn is_manifest(path: &Path) -> bool {
     !hidden && matches!(ext, "yaml" | "yml" | "json") && path.is_file()
 }
 
+/// Whether a watch event may mean a file changed. Reads are not changes: a scan opens the
+/// directory itself, so waking on opens would rescan, and wake, forever (every agent
+/// watching the directory, 20 times a second).
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// Watches `dir` (not recursively), sending on `wake` when something in it may have changed.
+/// Errors from the watcher wake too: a rescan finds out what happened.
+fn watch_changes(dir: &Path, wake: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.as_ref().map_or(true, |e| is_change(&e.kind)) {
+            let _ = wake.send(());
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
 impl Source for ManifestDir {
     fn describe(&self) -> String {
         format!("files:{}", self.dir.display())
@@ -187,10 +211,7 @@ impl Source for ManifestDir {
 
     fn run(self: Box<Self>, tx: mpsc::Sender<Snapshot>) {
         let (wake_tx, wake_rx) = mpsc::channel::<()>();
-        let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-            let _ = wake_tx.send(());
-        })
-        .and_then(|mut w| w.watch(&self.dir, RecursiveMode::NonRecursive).map(|_| w));
+        let watcher = watch_changes(&self.dir, wake_tx);
         if let Err(e) = &watcher {
             tracing::warn!(dir = %self.dir.display(), error = %e, "inotify watch failed; polling only");
         }
@@ -345,5 +366,27 @@ mod tests {
                 break;
             }
         }
+    }
+
+    #[test]
+    fn reading_the_directory_does_not_wake_the_watcher_and_writing_does() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("n.yaml"), NODE).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let _watcher = watch_changes(dir.path(), tx).unwrap();
+        // What a scan does: list the directory, stat and read a file.
+        let mut scanner = Scanner {
+            dir: dir.path().into(),
+            files: BTreeMap::new(),
+        };
+        scanner.scan().unwrap();
+        std::fs::read_to_string(dir.path().join("n.yaml")).unwrap();
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "a scan woke the watcher (it would rescan itself forever)"
+        );
+        std::fs::write(dir.path().join("m.yaml"), NODE).unwrap();
+        rx.recv_timeout(Duration::from_secs(4))
+            .expect("a new file wakes the watcher");
     }
 }
