@@ -92,10 +92,25 @@ impl Observer {
     }
 }
 
-/// How often the reader drains the ring buffer. The datapath does not wake it per event (a
-/// busy node would switch to the agent for every connection), only when unread events fill
-/// an eighth of the ring, which takes far longer than this at any rate seen here.
+/// How often the reader drains the ring buffer while events flow. The datapath does not wake
+/// it per event (a busy node would switch to the agent for every connection), only when
+/// unread events fill an eighth of the ring, which takes far longer than this at any rate
+/// seen here.
 const EVENT_READ_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The longest wait between reads of a quiet ring: each read that finds nothing doubles
+/// the wait up to this, so an idle agent wakes ten times a second instead of a hundred,
+/// and a flow after a quiet spell is seen within this long.
+const EVENT_READ_IDLE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The wait before the next read, after a read that found `read` events.
+fn next_read_interval(current: Duration, read: usize) -> Duration {
+    if read > 0 {
+        EVENT_READ_INTERVAL
+    } else {
+        (current * 2).min(EVENT_READ_IDLE_INTERVAL)
+    }
+}
 
 /// How often the kernel's count of events the ring had no room for is checked.
 const LOST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -112,15 +127,18 @@ pub async fn read_events(
     let mut fd = AsyncFd::new(events).context("polling the flow event ring buffer")?;
     let mut lost_seen = lost.total().unwrap_or(0);
     let mut lost_checked = Instant::now();
+    let mut interval = EVENT_READ_INTERVAL;
     loop {
-        tokio::select! {
+        let read = tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard.context("waiting for flow events")?;
-                drain(&observer, guard.get_inner_mut());
+                let read = drain(&observer, guard.get_inner_mut());
                 guard.clear_ready();
+                read
             }
-            _ = tokio::time::sleep(EVENT_READ_INTERVAL) => drain(&observer, fd.get_mut()),
-        }
+            _ = tokio::time::sleep(interval) => drain(&observer, fd.get_mut()),
+        };
+        interval = next_read_interval(interval, read);
         if lost_checked.elapsed() >= LOST_CHECK_INTERVAL {
             lost_checked = Instant::now();
             if let Ok(now) = lost.total() {
@@ -133,12 +151,16 @@ pub async fn read_events(
     }
 }
 
-/// Ingests what the ring holds, all against the directory as it is now (one read per batch).
-fn drain(observer: &Observer, ring: &mut RingBuf<MapData>) {
+/// Ingests what the ring holds, all against the directory as it is now (one read per
+/// batch); returns how many records it read.
+fn drain(observer: &Observer, ring: &mut RingBuf<MapData>) -> usize {
     let dir = observer.directory();
+    let mut read = 0;
     while let Some(item) = ring.next() {
         observer.ingest(&item, &dir);
+        read += 1;
     }
+    read
 }
 
 /// A flow event as the ring buffer carries it (for tests).
@@ -232,6 +254,18 @@ mod tests {
             "hubble_flows_processed_total{type=\"Drop\",subtype=\"\",verdict=\"DROPPED\"} 1"
         ));
         assert!(text.contains("hubble_drop_total{reason=\"POLICY_DENIED\",protocol=\"UDP\"} 1"));
+    }
+
+    #[test]
+    fn a_quiet_ring_is_read_less_often_and_a_busy_one_at_once_again() {
+        let mut interval = EVENT_READ_INTERVAL;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            interval = next_read_interval(interval, 0);
+            waits.push(interval.as_millis());
+        }
+        assert_eq!(waits, [20, 40, 80, 100, 100, 100]);
+        assert_eq!(next_read_interval(interval, 3), EVENT_READ_INTERVAL);
     }
 
     #[test]
