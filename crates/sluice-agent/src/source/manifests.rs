@@ -12,8 +12,10 @@ use sluice_model::{parse_manifests_reusing, ChangedObjects, Object, ParsedDocume
 use super::{Snapshot, Source};
 
 const RESCAN: Duration = Duration::from_secs(5);
-/// Editors write files in several steps; wait for the burst to settle.
-const SETTLE: Duration = Duration::from_millis(50);
+/// Editors and copies write files in several steps: after a change, wait until the
+/// directory has been quiet this long (but no longer than SETTLE_MAX) before reading it.
+const SETTLE: Duration = Duration::from_millis(10);
+const SETTLE_MAX: Duration = Duration::from_millis(500);
 
 pub struct ManifestDir {
     dir: PathBuf,
@@ -204,6 +206,22 @@ fn watch_changes(dir: &Path, wake: mpsc::Sender<()>) -> notify::Result<notify::R
     Ok(watcher)
 }
 
+/// Waits until no change has been reported for SETTLE (at most SETTLE_MAX): a rename is
+/// read 10 ms after it lands, a long write once it stops.
+fn settle(wake: &mpsc::Receiver<()>) {
+    let deadline = Instant::now() + SETTLE_MAX;
+    loop {
+        std::thread::sleep(SETTLE);
+        let mut more = false;
+        while wake.try_recv().is_ok() {
+            more = true;
+        }
+        if !more || Instant::now() >= deadline {
+            return;
+        }
+    }
+}
+
 impl Source for ManifestDir {
     fn describe(&self) -> String {
         format!("files:{}", self.dir.display())
@@ -235,10 +253,7 @@ impl Source for ManifestDir {
                 }
             }
             match wake_rx.recv_timeout(RESCAN) {
-                Ok(()) => {
-                    std::thread::sleep(SETTLE);
-                    while wake_rx.try_recv().is_ok() {}
-                }
+                Ok(()) => settle(&wake_rx),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // No watcher: fall back to polling.
@@ -388,5 +403,30 @@ mod tests {
         std::fs::write(dir.path().join("m.yaml"), NODE).unwrap();
         rx.recv_timeout(Duration::from_secs(4))
             .expect("a new file wakes the watcher");
+    }
+
+    #[test]
+    fn settling_waits_out_a_burst_of_changes_but_not_a_quiet_directory() {
+        let (tx, rx) = mpsc::channel();
+        tx.send(()).unwrap();
+        let started = Instant::now();
+        settle(&rx);
+        assert!(started.elapsed() < SETTLE_MAX, "quiet: one settle period");
+        assert!(rx.try_recv().is_err(), "the wakes seen are consumed");
+        // A write that goes on for 200 ms (a change every 2 ms).
+        let writer = std::thread::spawn(move || {
+            for _ in 0..100 {
+                let _ = tx.send(());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let started = Instant::now();
+        settle(&rx);
+        let waited = started.elapsed();
+        writer.join().unwrap();
+        assert!(
+            waited >= SETTLE * 4 && waited < SETTLE_MAX + SETTLE * 10,
+            "waited {waited:?} during a burst"
+        );
     }
 }
