@@ -330,11 +330,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         observer_tasks = observe::serve(observer.clone(), &socket, tcp).await?;
         tracing::info!(socket = %socket.display(), "serving the Hubble Observer API");
         let reader = observer.clone();
-        observer_tasks.push(tokio::spawn(async move {
-            if let Err(e) = observe::read_events(reader, ring, lost).await {
-                tracing::error!(error = %e, "flow events: reader stopped");
-            }
-        }));
+        std::thread::Builder::new()
+            .name("flow-events".into())
+            .spawn(move || {
+                if let Err(e) = observe::read_events(reader, ring, lost) {
+                    tracing::error!(error = %e, "flow events: reader stopped");
+                }
+            })?;
     }
 
     let (snap_tx, snap_rx) = mpsc::channel();

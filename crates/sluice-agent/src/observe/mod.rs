@@ -19,7 +19,6 @@ use sluice_datapath::abi::FlowEvent;
 use sluice_datapath::EventsLostCounter;
 use sluice_hubble_api::flow::LostEventSource;
 use sluice_hubble_api::observer::observer_server::ObserverServer;
-use tokio::io::unix::AsyncFd;
 
 pub use directory::FlowDirectory;
 pub use flow_metrics::FlowMetrics;
@@ -115,29 +114,35 @@ fn next_read_interval(current: Duration, read: usize) -> Duration {
 /// How often the kernel's count of events the ring had no room for is checked.
 const LOST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Reads the datapath's ring buffer until the process ends, on its timer and whenever the
-/// datapath wakes it; checks the loss counter every second.
-pub async fn read_events(
+/// Reads the datapath's ring buffer until the process ends, on its own thread: it blocks in
+/// poll(2) on the ring until the datapath wakes it or the read interval passes, so reading
+/// costs one wakeup per batch and no async runtime's timers or cross-thread wakeups. Checks
+/// the loss counter every second.
+pub fn read_events(
     observer: Arc<Observer>,
-    events: RingBuf<MapData>,
+    mut events: RingBuf<MapData>,
     lost: EventsLostCounter,
 ) -> anyhow::Result<()> {
-    // The ring buffer owns its descriptor for as long as the AsyncFd lives.
-    #[allow(deprecated)]
-    let mut fd = AsyncFd::new(events).context("polling the flow event ring buffer")?;
+    use std::os::fd::AsRawFd;
+    let fd = events.as_raw_fd();
     let mut lost_seen = lost.total().unwrap_or(0);
     let mut lost_checked = Instant::now();
     let mut interval = EVENT_READ_INTERVAL;
     loop {
-        let read = tokio::select! {
-            guard = fd.readable_mut() => {
-                let mut guard = guard.context("waiting for flow events")?;
-                let read = drain(&observer, guard.get_inner_mut());
-                guard.clear_ready();
-                read
-            }
-            _ = tokio::time::sleep(interval) => drain(&observer, fd.get_mut()),
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
         };
+        // SAFETY: one valid pollfd, owned by this frame, for the duration of the call.
+        let rc = unsafe { libc::poll(&mut poll, 1, interval.as_millis() as libc::c_int) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e).context("waiting for flow events");
+            }
+        }
+        let read = drain(&observer, &mut events);
         interval = next_read_interval(interval, read);
         if lost_checked.elapsed() >= LOST_CHECK_INTERVAL {
             lost_checked = Instant::now();
