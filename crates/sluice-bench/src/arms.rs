@@ -94,6 +94,10 @@ pub struct Measurement {
     /// This run's stream throughput over the floor's, paired round by round likewise.
     #[serde(default)]
     pub stream_vs_floor: Option<f64>,
+    /// The paired rounds behind those ratios, in the order they ran (empty without a floor):
+    /// this run's CRR p50 (µs) and stream rate (Gbit/s) per round, and the floor's beside each.
+    #[serde(default, skip_serializing_if = "Rounds::is_empty")]
+    pub rounds: Rounds,
     pub rr_p50_us: f64,
     pub rr_p99_us: f64,
     /// Requests answered in the RR run (and failures: 0 unless the connection broke).
@@ -117,6 +121,21 @@ pub struct Measurement {
     pub agent_update_max_ms: Option<f64>,
 }
 
+/// Per-round figures of the paired runs (see `Measurement::rounds`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Rounds {
+    pub crr_p50_us: Vec<f64>,
+    pub floor_crr_p50_us: Vec<f64>,
+    pub stream_gbps: Vec<f64>,
+    pub floor_stream_gbps: Vec<f64>,
+}
+
+impl Rounds {
+    pub fn is_empty(&self) -> bool {
+        self.crr_p50_us.is_empty() && self.stream_gbps.is_empty()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The `sluice` binary (its `bench client` runs the load inside the client's namespace).
@@ -124,6 +143,8 @@ pub struct Settings {
     /// Where `sluice-agent` and `sluice-cni` are, for the lab arms.
     pub bin_dir: PathBuf,
     pub duration: Duration,
+    /// Paired rounds each sluice run is split into, alternating with the floor.
+    pub rounds: u32,
     /// Unique prefix of everything this run creates.
     pub prefix: String,
 }
@@ -260,10 +281,6 @@ fn run_client(
     serde_json::from_slice(&out.stdout).map_err(|e| format!("the load client's output: {e}"))
 }
 
-/// Rounds a run is split into when the floor is measured alongside: the target and the floor
-/// alternate (order flipped each round), so both see the same machine, moment by moment.
-const FLOOR_ROUNDS: u32 = 12;
-
 /// The median of the per-round ratios `ours[i] / floors[i]` (rounds where either is not
 /// positive are left out): each ratio compares two runs made back to back, so a machine
 /// getting slower or faster between rounds cancels out, and one disturbed round moves the
@@ -292,6 +309,8 @@ pub fn paired_median_ratio(ours: &[f64], floors: &[f64]) -> Option<f64> {
 pub struct Floor<'a> {
     pub client: &'a dyn Fn() -> Command,
     pub target: SocketAddr,
+    /// Rounds a run is split into, each followed or preceded by the floor's.
+    pub rounds: u32,
 }
 
 /// `mode` runs (crr or stream) of the target for `d`, and of the floor for as long,
@@ -309,9 +328,11 @@ fn rounds(
         let sample = run_client(client(), mode, target, d)?;
         return Ok((vec![sample], Vec::new(), load::busy_cpu_seconds() - cpu0));
     };
-    let slice = d / FLOOR_ROUNDS;
+    // The target and the floor alternate (order flipped each round), so both see the same
+    // machine, moment by moment.
+    let slice = d / floor.rounds.max(1);
     let (mut ours, mut floors, mut cpu) = (Vec::new(), Vec::new(), 0.0);
-    for round in 0..FLOOR_ROUNDS {
+    for round in 0..floor.rounds.max(1) {
         let mut run_target = || -> Result<(), String> {
             let cpu0 = load::busy_cpu_seconds();
             ours.push(run_client(client(), mode, target, slice)?);
@@ -372,6 +393,18 @@ fn measure(
         paired_median_ratio(&rates(&stream_rounds), &rates(&floor_stream))
     });
     let (stream, stream_failed) = stream_gbps(&stream_rounds);
+    let gbps = |runs: &[Sample]| runs.iter().map(|r| r.rate() * 8.0 / 1e9).collect();
+    let p50s = |runs: &[Sample]| runs.iter().map(|r| r.p50_us).collect();
+    let rounds = if floor.is_some() {
+        Rounds {
+            crr_p50_us: p50s(&crr_rounds),
+            floor_crr_p50_us: p50s(&floor_crr),
+            stream_gbps: gbps(&stream_rounds),
+            floor_stream_gbps: gbps(&floor_stream),
+        }
+    } else {
+        Rounds::default()
+    };
     Ok(Measurement {
         arm,
         services,
@@ -384,6 +417,7 @@ fn measure(
         floor_stream_gbps: floor.map(|_| stream_gbps(&floor_stream).0),
         crr_vs_floor,
         stream_vs_floor,
+        rounds,
         rr_p50_us: rr.p50_us,
         rr_p99_us: rr.p99_us,
         rr_count: rr.count,
@@ -598,6 +632,7 @@ pub fn sluice_arm(
     let no_rules = Floor {
         client: &plain_client,
         target: SocketAddr::from((plain.backends[0], BACKEND_PORT)),
+        rounds: s.rounds,
     };
     let lab = sluice_lab::Lab::up(
         cluster_file(

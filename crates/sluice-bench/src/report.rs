@@ -439,6 +439,7 @@ mod tests {
             floor_stream_gbps: None,
             crr_vs_floor: None,
             stream_vs_floor: None,
+            rounds: Default::default(),
             rr_p50_us: 20.0,
             rr_p99_us: 30.0,
             rr_count: 100,

@@ -23,6 +23,10 @@ pub struct BenchArgs {
     /// Seconds of each CRR and RR run.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Paired rounds each sluice CRR and stream run is split into, alternating with the
+    /// no-rules floor (the ratios to the floor are the median of the rounds').
+    #[arg(long, default_value_t = 12)]
+    rounds: u32,
     /// BPF_PROG_TEST_RUN repetitions per number of Services (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     bpf_repeat: u32,
@@ -157,6 +161,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     if !(0.05..=600.0).contains(&args.seconds) {
         bail!("--seconds: {} is outside 0.05..=600", args.seconds);
     }
+    if !(1..=1000).contains(&args.rounds) {
+        bail!("--rounds: {} is outside 1..=1000", args.rounds);
+    }
     let sluice_bin = std::env::current_exe().context("finding the sluice binary")?;
     let bin_dir = std::env::var_os("SLUICE_BIN_DIR")
         .map(PathBuf::from)
@@ -170,6 +177,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
             sluice_bin,
             bin_dir,
             duration: Duration::from_secs_f64(if args.quick { 0.3 } else { args.seconds }),
+            rounds: args.rounds,
             prefix: format!("sb{}-", std::process::id() % 100_000),
         },
     };
