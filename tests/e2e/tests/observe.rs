@@ -277,23 +277,32 @@ fn flows_with_kubernetes_context_over_hubbles_api() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains(dead), "the dead node is named: {err}");
     assert_eq!(out.lines().count(), 3, "{out}");
-    // Hubble's TCP port, from inside the node.
-    let (code, out, err) = sluice(&[
-        "lab",
-        "exec",
-        "--lab",
-        lab.name(),
-        "--node",
-        "node-b",
-        "--",
-        bin_dir().join("sluice").to_str().unwrap(),
-        "observe",
-        "--server",
-        "127.0.0.1:4244",
-        "--last",
-        "2",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    // Hubble's TCP port, from inside the node. Node-b's only flows are the few just made by
+    // z/b, and an agent whose ring was quiet reads it up to 100 ms later (the reader's
+    // idle back-off), so they may take that long to be served.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let out = loop {
+        let (code, out, err) = sluice(&[
+            "lab",
+            "exec",
+            "--lab",
+            lab.name(),
+            "--node",
+            "node-b",
+            "--",
+            bin_dir().join("sluice").to_str().unwrap(),
+            "observe",
+            "--server",
+            "127.0.0.1:4244",
+            "--last",
+            "2",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        if out.lines().count() == 2 || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(out.contains("[node-b]"), "{out}");
     let (code, _, err) = sluice(&["observe", "--server", dead]);
