@@ -105,7 +105,7 @@ pub struct Measurement {
     pub rr_errors: u64,
     /// Busy CPU (all cores) per new connection during the CRR run.
     pub cpu_us_per_conn: f64,
-    /// Single-stream throughput through an echo backend (both directions), Gbit/s.
+    /// Single-stream throughput, one way (client to backend, as TCP_STREAM), Gbit/s.
     pub stream_gbps: f64,
     /// The stream broke before its time was up (the client says why on stderr).
     #[serde(default)]
@@ -133,6 +133,16 @@ pub struct Rounds {
 impl Rounds {
     pub fn is_empty(&self) -> bool {
         self.crr_p50_us.is_empty() && self.stream_gbps.is_empty()
+    }
+
+    /// Quartiles of the rounds' CRR p50 ratios (this run over the floor).
+    pub fn crr_quartiles(&self) -> Option<(f64, f64)> {
+        paired_quartiles(&self.crr_p50_us, &self.floor_crr_p50_us)
+    }
+
+    /// Quartiles of the rounds' stream ratios.
+    pub fn stream_quartiles(&self) -> Option<(f64, f64)> {
+        paired_quartiles(&self.stream_gbps, &self.floor_stream_gbps)
     }
 }
 
@@ -281,27 +291,40 @@ fn run_client(
     serde_json::from_slice(&out.stdout).map_err(|e| format!("the load client's output: {e}"))
 }
 
-/// The median of the per-round ratios `ours[i] / floors[i]` (rounds where either is not
-/// positive are left out): each ratio compares two runs made back to back, so a machine
-/// getting slower or faster between rounds cancels out, and one disturbed round moves the
-/// median little. None without a usable round.
-pub fn paired_median_ratio(ours: &[f64], floors: &[f64]) -> Option<f64> {
+/// The per-round ratios `ours[i] / floors[i]`, sorted (rounds where either is not positive
+/// are left out).
+fn paired_ratios(ours: &[f64], floors: &[f64]) -> Vec<f64> {
     let mut ratios: Vec<f64> = ours
         .iter()
         .zip(floors)
         .filter(|(o, f)| **o > 0.0 && **f > 0.0 && o.is_finite() && f.is_finite())
         .map(|(o, f)| o / f)
         .collect();
-    if ratios.is_empty() {
-        return None;
-    }
     ratios.sort_by(f64::total_cmp);
-    let mid = ratios.len() / 2;
-    Some(if ratios.len() % 2 == 1 {
-        ratios[mid]
-    } else {
-        (ratios[mid - 1] + ratios[mid]) / 2.0
-    })
+    ratios
+}
+
+/// The `q` quantile (0..=1) of sorted values, interpolated between the two nearest.
+fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let at = q.clamp(0.0, 1.0) * last as f64;
+    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (at - lo as f64))
+}
+
+/// The median of the per-round ratios `ours[i] / floors[i]`: each ratio compares two runs
+/// made back to back, so a machine getting slower or faster between rounds cancels out, and
+/// one disturbed round moves the median little. None without a usable round.
+pub fn paired_median_ratio(ours: &[f64], floors: &[f64]) -> Option<f64> {
+    quantile(&paired_ratios(ours, floors), 0.5)
+}
+
+/// The first and third quartiles of the per-round ratios: the middle half of the rounds,
+/// which says how far apart two back-to-back runs of the same moment land on this machine —
+/// whether a median's distance from 1.00× can be told from noise.
+pub fn paired_quartiles(ours: &[f64], floors: &[f64]) -> Option<(f64, f64)> {
+    let ratios = paired_ratios(ours, floors);
+    Some((quantile(&ratios, 0.25)?, quantile(&ratios, 0.75)?))
 }
 
 /// Where the floor is measured: the no-rules topology's client and backend, up while an arm
@@ -330,9 +353,10 @@ fn rounds(
     };
     // The target and the floor alternate (order flipped each round), so both see the same
     // machine, moment by moment.
-    let slice = d / floor.rounds.max(1);
+    let n = floor.rounds.max(1);
+    let slice = d / n;
     let (mut ours, mut floors, mut cpu) = (Vec::new(), Vec::new(), 0.0);
-    for round in 0..floor.rounds.max(1) {
+    for round in 0..n {
         let mut run_target = || -> Result<(), String> {
             let cpu0 = load::busy_cpu_seconds();
             ours.push(run_client(client(), mode, target, slice)?);
@@ -374,10 +398,9 @@ fn measure(
         run_client((f.client)(), "crr", f.target, Duration::from_millis(200))?;
     }
     let (crr_rounds, floor_crr, cpu) = rounds("crr", client, target, floor, d)?;
-    let crr_vs_floor = floor.and_then(|_| {
-        let p50 = |runs: &[Sample]| runs.iter().map(|r| r.p50_us).collect::<Vec<_>>();
-        paired_median_ratio(&p50(&crr_rounds), &p50(&floor_crr))
-    });
+    let p50s = |runs: &[Sample]| runs.iter().map(|r| r.p50_us).collect::<Vec<_>>();
+    let (crr_p50_us, floor_crr_p50_us) = (p50s(&crr_rounds), p50s(&floor_crr));
+    let crr_vs_floor = floor.and_then(|_| paired_median_ratio(&crr_p50_us, &floor_crr_p50_us));
     let crr = Sample::merge(&crr_rounds);
     if crr.count == 0 {
         return Err(format!(
@@ -388,19 +411,22 @@ fn measure(
     }
     let rr = run_client(client(), "rr", target, d)?;
     let (stream_rounds, floor_stream, _) = rounds("stream", client, target, floor, d)?;
-    let stream_vs_floor = floor.and_then(|_| {
-        let rates = |runs: &[Sample]| runs.iter().map(Sample::rate).collect::<Vec<_>>();
-        paired_median_ratio(&rates(&stream_rounds), &rates(&floor_stream))
-    });
+    let gbps = |runs: &[Sample]| {
+        runs.iter()
+            .map(|r| r.rate() * 8.0 / 1e9)
+            .collect::<Vec<_>>()
+    };
+    let (stream_round_gbps, floor_stream_round_gbps) = (gbps(&stream_rounds), gbps(&floor_stream));
+    let stream_vs_floor =
+        floor.and_then(|_| paired_median_ratio(&stream_round_gbps, &floor_stream_round_gbps));
     let (stream, stream_failed) = stream_gbps(&stream_rounds);
-    let gbps = |runs: &[Sample]| runs.iter().map(|r| r.rate() * 8.0 / 1e9).collect();
-    let p50s = |runs: &[Sample]| runs.iter().map(|r| r.p50_us).collect();
+    // Without a floor the run is one round with nothing beside it: nothing to keep.
     let rounds = if floor.is_some() {
         Rounds {
-            crr_p50_us: p50s(&crr_rounds),
-            floor_crr_p50_us: p50s(&floor_crr),
-            stream_gbps: gbps(&stream_rounds),
-            floor_stream_gbps: gbps(&floor_stream),
+            crr_p50_us,
+            floor_crr_p50_us,
+            stream_gbps: stream_round_gbps,
+            floor_stream_gbps: floor_stream_round_gbps,
         }
     } else {
         Rounds::default()
@@ -810,7 +836,7 @@ pub fn check_tools(arms: &[Arm]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::paired_median_ratio;
+    use super::{paired_median_ratio, paired_quartiles};
 
     #[test]
     fn the_paired_ratio_is_the_median_of_round_by_round_ratios() {
@@ -834,5 +860,24 @@ mod tests {
         assert_eq!(paired_median_ratio(&[0.0, 5.0], &[1.0, 0.0]), None);
         let r = paired_median_ratio(&[0.0, 3.0, f64::NAN], &[1.0, 2.0, 1.0]).unwrap();
         assert!((r - 1.5).abs() < 1e-9, "{r}");
+    }
+
+    #[test]
+    fn quartiles_bound_the_middle_half_of_the_rounds() {
+        // Ratios 1.0, 1.1, 1.2, 1.3, 1.4 (given out of order): quartiles at 1.1 and 1.3.
+        let ours = [130.0, 100.0, 140.0, 110.0, 120.0];
+        let (q1, q3) = paired_quartiles(&ours, &[100.0; 5]).unwrap();
+        assert!(
+            (q1 - 1.1).abs() < 1e-9 && (q3 - 1.3).abs() < 1e-9,
+            "{q1} {q3}"
+        );
+        // Between two rounds the quartile is interpolated; one round is its own middle half.
+        let (q1, q3) = paired_quartiles(&[1.0, 2.0], &[1.0, 1.0]).unwrap();
+        assert!(
+            (q1 - 1.25).abs() < 1e-9 && (q3 - 1.75).abs() < 1e-9,
+            "{q1} {q3}"
+        );
+        assert_eq!(paired_quartiles(&[3.0], &[2.0]), Some((1.5, 1.5)));
+        assert_eq!(paired_quartiles(&[], &[]), None);
     }
 }

@@ -102,7 +102,10 @@ impl Report {
                 m.crr_p99_us,
                 ratio(m.crr_p50_us, base),
                 crr_over_floor(self, m)
-                    .map(|x| format!("{x:.2}×"))
+                    .map(|x| match m.rounds.crr_quartiles() {
+                        Some((q1, q3)) => format!("{x:.2}× ({q1:.2}–{q3:.2})"),
+                        None => format!("{x:.2}×"),
+                    })
                     .unwrap_or("-".into()),
                 m.rr_p50_us,
                 if m.stream_failed {
@@ -111,7 +114,12 @@ impl Report {
                     format!("{:.2}", m.stream_gbps)
                 },
                 stream_over_floor(self, m)
-                    .map(|x| format!("{:.0}%", x * 100.0))
+                    .map(|x| match m.rounds.stream_quartiles() {
+                        Some((q1, q3)) => {
+                            format!("{:.0}% ({:.0}–{:.0})", x * 100.0, q1 * 100.0, q3 * 100.0)
+                        }
+                        None => format!("{:.0}%", x * 100.0),
+                    })
                     .unwrap_or("-".into()),
                 match (m.update_ms, m.agent_update_ms, m.agent_update_max_ms) {
                     (Some(e2e), Some(agent), Some(max)) => {
@@ -122,6 +130,12 @@ impl Report {
                     _ => "-".into(),
                 },
                 m.cpu_us_per_conn
+            );
+        }
+        if self.measurements.iter().any(|m| !m.rounds.is_empty()) {
+            let _ = writeln!(
+                t,
+                "\nIn parentheses: the middle half (first to third quartile) of the paired rounds' own ratios, each round against no-rules run back to back with it."
             );
         }
         if !self.bpf.is_empty() {
@@ -186,10 +200,28 @@ impl Report {
                 })
         };
         let over_floor = |m: &Measurement| crr_over_floor(self, m).map(|x| (x - 1.0) * 100.0);
+        // The middle half of the rounds at the N where the median is worst, as percentages.
+        let middle_half = |n: usize, q: fn(&crate::arms::Rounds) -> Option<(f64, f64)>| {
+            self.measurements
+                .iter()
+                .find(|m| m.arm == Arm::Sluice && m.services == n)
+                .and_then(|m| q(&m.rounds))
+                .map(|(q1, q3)| {
+                    format!(
+                        "; rounds' middle half {:+.1}..{:+.1}%",
+                        (q1 - 1.0) * 100.0,
+                        (q3 - 1.0) * 100.0
+                    )
+                })
+                .unwrap_or_default()
+        };
         match worst(Arm::Sluice, &over_floor) {
             Some((n, pct)) => line(
                 "sluice connection latency within 5% of no-rules at every N",
-                format!("worst {pct:+.1}% (at {n})"),
+                format!(
+                    "worst {pct:+.1}% (at {n}{})",
+                    middle_half(n, crate::arms::Rounds::crr_quartiles)
+                ),
                 Some(pct <= 5.0),
             ),
             None => line(
@@ -256,7 +288,10 @@ impl Report {
         match lowest {
             Some((n, pct)) => line(
                 "single-stream throughput at least 95% of raw veth (no-rules)",
-                format!("lowest {pct:.0}% (at {n})"),
+                format!(
+                    "lowest {pct:.0}% (at {n}{})",
+                    middle_half(n, crate::arms::Rounds::stream_quartiles)
+                ),
                 Some(pct >= 95.0),
             ),
             None => line(
@@ -426,6 +461,13 @@ impl Report {
 mod tests {
     use super::*;
 
+    /// The first line of `text` containing `needle`.
+    fn line_with<'t>(text: &'t str, needle: &str) -> &'t str {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{text}"))
+    }
+
     fn m(arm: Arm, services: usize, p50: f64) -> Measurement {
         Measurement {
             arm,
@@ -464,10 +506,7 @@ mod tests {
             ..Default::default()
         };
         let t = r.markdown();
-        let sluice = t
-            .lines()
-            .find(|l| l.starts_with("| sluice | 1000"))
-            .unwrap();
+        let sluice = line_with(&t, "| sluice | 1000");
         assert!(sluice.contains("| 0.25× |"), "{sluice}");
         assert!(
             t.contains("| loading 10k Services under 1 s | 10k not in this run | not measured |")
@@ -492,26 +531,20 @@ mod tests {
             ..Default::default()
         };
         let t = r.markdown();
-        let row = t.lines().find(|l| l.starts_with("| sluice | 0")).unwrap();
+        let row = line_with(&t, "| sluice | 0");
         assert!(
             row.contains("| 1.04× |") && row.contains("| 90% |"),
             "{row}"
         );
         // Without one, the no-rules run at the same N is the floor.
-        let pod = t
-            .lines()
-            .find(|l| l.starts_with("| sluice-pod-to-pod | 0"))
-            .unwrap();
+        let pod = line_with(&t, "| sluice-pod-to-pod | 0");
         assert!(
             pod.contains("| 0.89× |") && pod.contains("| 100% |"),
             "{pod}"
         );
-        let target = t
-            .lines()
-            .find(|l| l.contains("within 5% of no-rules"))
-            .unwrap();
+        let target = line_with(&t, "within 5% of no-rules");
         assert!(target.contains("worst +4.0% (at 0) | yes"), "{target}");
-        let stream = t.lines().find(|l| l.contains("95% of raw veth")).unwrap();
+        let stream = line_with(&t, "95% of raw veth");
         assert!(stream.contains("lowest 90% (at 0) | no"), "{stream}");
     }
 
@@ -528,17 +561,14 @@ mod tests {
             ..Default::default()
         };
         let t = r.markdown();
-        let row = t.lines().find(|l| l.starts_with("| sluice | 0")).unwrap();
+        let row = line_with(&t, "| sluice | 0");
         assert!(
             row.contains("| 1.03× |") && row.contains("| 97% |"),
             "{row}"
         );
-        let target = t
-            .lines()
-            .find(|l| l.contains("within 5% of no-rules"))
-            .unwrap();
+        let target = line_with(&t, "within 5% of no-rules");
         assert!(target.contains("worst +3.0% (at 0) | yes"), "{target}");
-        let stream = t.lines().find(|l| l.contains("95% of raw veth")).unwrap();
+        let stream = line_with(&t, "95% of raw veth");
         assert!(stream.contains("lowest 97% (at 0) | yes"), "{stream}");
         let csv = r.csv();
         assert!(
@@ -551,6 +581,37 @@ mod tests {
         assert!(
             csv.lines().nth(1).unwrap().ends_with(",1.0300,0.9700"),
             "{csv}"
+        );
+    }
+
+    #[test]
+    fn the_rounds_spread_is_shown_beside_the_median() {
+        let mut sluice = m(Arm::Sluice, 0, 110.0);
+        sluice.rounds = crate::arms::Rounds {
+            crr_p50_us: vec![100.0, 110.0, 120.0, 130.0, 140.0],
+            floor_crr_p50_us: vec![100.0; 5],
+            stream_gbps: vec![9.0, 9.5, 10.0, 10.5, 11.0],
+            floor_stream_gbps: vec![10.0; 5],
+        };
+        (sluice.crr_vs_floor, sluice.stream_vs_floor) = (Some(1.2), Some(1.0));
+        let t = Report {
+            measurements: vec![sluice],
+            ..Default::default()
+        }
+        .markdown();
+        assert!(t.contains("In parentheses: the middle half"));
+        let row = line_with(&t, "| sluice | 0");
+        assert!(row.contains("| 1.20× (1.10–1.30) |"), "{row}");
+        assert!(row.contains("| 100% (95–105) |"), "{row}");
+        let target = line_with(&t, "within 5% of no-rules");
+        assert!(
+            target.contains("worst +20.0% (at 0; rounds' middle half +10.0..+30.0%) | no"),
+            "{target}"
+        );
+        let stream = line_with(&t, "95% of raw veth");
+        assert!(
+            stream.contains("lowest 100% (at 0; rounds' middle half -5.0..+5.0%) | yes"),
+            "{stream}"
         );
     }
 }
