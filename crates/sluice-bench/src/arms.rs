@@ -128,6 +128,13 @@ pub struct Rounds {
     pub floor_crr_p50_us: Vec<f64>,
     pub stream_gbps: Vec<f64>,
     pub floor_stream_gbps: Vec<f64>,
+    /// The noise control (an A/A test): the floor paired with itself in CRR rounds run the
+    /// same way, right after this run's, so the spread two identical paths show at that
+    /// moment can be read beside this run's ratio to the floor.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_crr_p50_us: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_floor_crr_p50_us: Vec<f64>,
 }
 
 impl Rounds {
@@ -143,6 +150,13 @@ impl Rounds {
     /// Quartiles of the rounds' stream ratios.
     pub fn stream_quartiles(&self) -> Option<(f64, f64)> {
         paired_quartiles(&self.stream_gbps, &self.floor_stream_gbps)
+    }
+
+    /// The noise control's median CRR ratio (the floor over itself) and its quartiles.
+    pub fn control_crr(&self) -> Option<(f64, f64, f64)> {
+        let (a, b) = (&self.control_crr_p50_us, &self.control_floor_crr_p50_us);
+        let (q1, q3) = paired_quartiles(a, b)?;
+        Some((paired_median_ratio(a, b)?, q1, q3))
     }
 }
 
@@ -409,6 +423,14 @@ fn measure(
             crr.errors
         ));
     }
+    // The noise control: the floor against itself, paired the same way.
+    let (control, control_floor) = match floor {
+        Some(f) => {
+            let (a, b, _) = rounds("crr", f.client, f.target, Some(f), d)?;
+            (p50s(&a), p50s(&b))
+        }
+        None => Default::default(),
+    };
     let rr = run_client(client(), "rr", target, d)?;
     let (stream_rounds, floor_stream, _) = rounds("stream", client, target, floor, d)?;
     let gbps = |runs: &[Sample]| {
@@ -427,6 +449,8 @@ fn measure(
             floor_crr_p50_us,
             stream_gbps: stream_round_gbps,
             floor_stream_gbps: floor_stream_round_gbps,
+            control_crr_p50_us: control,
+            control_floor_crr_p50_us: control_floor,
         }
     } else {
         Rounds::default()
@@ -879,5 +903,23 @@ mod tests {
         );
         assert_eq!(paired_quartiles(&[3.0], &[2.0]), Some((1.5, 1.5)));
         assert_eq!(paired_quartiles(&[], &[]), None);
+    }
+
+    #[test]
+    fn the_noise_control_is_the_floor_paired_with_itself() {
+        let mut r = super::Rounds::default();
+        assert_eq!(r.control_crr(), None);
+        // Ratios 0.9, 1.0, 1.1, 1.2, 1.3: median 1.1, quartiles 1.0 and 1.2.
+        r.control_crr_p50_us = vec![120.0, 90.0, 110.0, 130.0, 100.0];
+        r.control_floor_crr_p50_us = vec![100.0; 5];
+        let (median, q1, q3) = r.control_crr().unwrap();
+        assert!(
+            (median - 1.1).abs() < 1e-9 && (q1 - 1.0).abs() < 1e-9 && (q3 - 1.2).abs() < 1e-9,
+            "{median} {q1} {q3}"
+        );
+        // Kept apart from the run's own rounds, and left out of results.json when not run.
+        assert!(r.crr_quartiles().is_none());
+        let json = serde_json::to_string(&super::Rounds::default()).unwrap();
+        assert!(!json.contains("control"), "{json}");
     }
 }

@@ -138,6 +138,7 @@ impl Report {
                 "\nIn parentheses: the middle half (first to third quartile) of the paired rounds' own ratios, each round against no-rules run back to back with it."
             );
         }
+        t.push_str(&self.noise_control());
         if !self.bpf.is_empty() {
             let first = self.bpf.first().map(|b| b.ns_per_packet);
             let _ = writeln!(
@@ -157,6 +158,40 @@ impl Report {
         }
         t.push('\n');
         t.push_str(&self.targets());
+        t
+    }
+
+    /// The A/A control beside each paired CRR ratio: how far the floor lands from itself when
+    /// measured the same way at the same moment (empty when no run has one).
+    fn noise_control(&self) -> String {
+        let mut rows: Vec<&Measurement> = self
+            .measurements
+            .iter()
+            .filter(|m| m.rounds.control_crr().is_some())
+            .collect();
+        if rows.is_empty() {
+            return String::new();
+        }
+        rows.sort_by_key(|m| (Arm::ALL.iter().position(|a| *a == m.arm), m.services));
+        let mut t = String::from(
+            "\nNoise control (an A/A test): right after each run's CRR rounds, the no-rules floor is paired with itself the same way. Where the floor's ratio to itself spreads as wide as the run's, the run's distance from 1.00× cannot be told from the machine's noise.\n\n| arm | services | CRR p50 vs no-rules | no-rules vs itself |\n|---|---:|---:|---:|\n",
+        );
+        let cell = |x: Option<f64>, q: Option<(f64, f64)>| match (x, q) {
+            (Some(x), Some((q1, q3))) => format!("{x:.2}× ({q1:.2}–{q3:.2})"),
+            (Some(x), None) => format!("{x:.2}×"),
+            _ => "-".into(),
+        };
+        for m in rows {
+            let control = m.rounds.control_crr();
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} |",
+                m.arm.name(),
+                m.services,
+                cell(crr_over_floor(self, m), m.rounds.crr_quartiles()),
+                cell(control.map(|c| c.0), control.map(|c| (c.1, c.2))),
+            );
+        }
         t
     }
 
@@ -215,12 +250,29 @@ impl Report {
                 })
                 .unwrap_or_default()
         };
+        // The A/A control at that N: the floor against itself, paired the same way.
+        let control = |n: usize| {
+            self.measurements
+                .iter()
+                .find(|m| m.arm == Arm::Sluice && m.services == n)
+                .and_then(|m| m.rounds.control_crr())
+                .map(|(x, q1, q3)| {
+                    format!(
+                        "; no-rules against itself there: {:+.1}%, middle half {:+.1}..{:+.1}%",
+                        (x - 1.0) * 100.0,
+                        (q1 - 1.0) * 100.0,
+                        (q3 - 1.0) * 100.0
+                    )
+                })
+                .unwrap_or_default()
+        };
         match worst(Arm::Sluice, &over_floor) {
             Some((n, pct)) => line(
                 "sluice connection latency within 5% of no-rules at every N",
                 format!(
-                    "worst {pct:+.1}% (at {n}{})",
-                    middle_half(n, crate::arms::Rounds::crr_quartiles)
+                    "worst {pct:+.1}% (at {n}{}{})",
+                    middle_half(n, crate::arms::Rounds::crr_quartiles),
+                    control(n)
                 ),
                 Some(pct <= 5.0),
             ),
@@ -584,14 +636,22 @@ mod tests {
         );
     }
 
+    /// Five CRR rounds whose ratios to the floor are 1.0, 1.1, 1.2, 1.3 and 1.4.
+    fn crr_rounds_1_0_to_1_4() -> crate::arms::Rounds {
+        crate::arms::Rounds {
+            crr_p50_us: vec![100.0, 110.0, 120.0, 130.0, 140.0],
+            floor_crr_p50_us: vec![100.0; 5],
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn the_rounds_spread_is_shown_beside_the_median() {
         let mut sluice = m(Arm::Sluice, 0, 110.0);
         sluice.rounds = crate::arms::Rounds {
-            crr_p50_us: vec![100.0, 110.0, 120.0, 130.0, 140.0],
-            floor_crr_p50_us: vec![100.0; 5],
             stream_gbps: vec![9.0, 9.5, 10.0, 10.5, 11.0],
             floor_stream_gbps: vec![10.0; 5],
+            ..crr_rounds_1_0_to_1_4()
         };
         (sluice.crr_vs_floor, sluice.stream_vs_floor) = (Some(1.2), Some(1.0));
         let t = Report {
@@ -613,5 +673,43 @@ mod tests {
             stream.contains("lowest 100% (at 0; rounds' middle half -5.0..+5.0%) | yes"),
             "{stream}"
         );
+    }
+
+    #[test]
+    fn the_floor_against_itself_is_shown_beside_the_run() {
+        let mut sluice = m(Arm::Sluice, 1000, 110.0);
+        sluice.rounds = crate::arms::Rounds {
+            // The floor over itself: 0.9, 0.95, 1.0, 1.05, 1.1.
+            control_crr_p50_us: vec![95.0, 90.0, 100.0, 110.0, 105.0],
+            control_floor_crr_p50_us: vec![100.0; 5],
+            ..crr_rounds_1_0_to_1_4()
+        };
+        sluice.crr_vs_floor = Some(1.2);
+        let without = m(Arm::SluiceNoSocketLb, 1000, 110.0);
+        let t = Report {
+            measurements: vec![sluice, without],
+            ..Default::default()
+        }
+        .markdown();
+        assert!(t.contains("Noise control (an A/A test)"), "{t}");
+        let row = line_with(&t, "| sluice | 1000 | 1.20×");
+        assert!(
+            row.ends_with("| 1.20× (1.10–1.30) | 1.00× (0.95–1.05) |"),
+            "{row}"
+        );
+        // A run without a control has no row in that table.
+        assert!(!t.contains("| sluice-no-socket-lb | 1000 | -"), "{t}");
+        let target = line_with(&t, "within 5% of no-rules");
+        assert!(
+            target.contains("no-rules against itself there: +0.0%, middle half -5.0..+5.0%) | no"),
+            "{target}"
+        );
+        // Without any control the table is left out.
+        let plain = Report {
+            measurements: vec![m(Arm::Sluice, 0, 100.0)],
+            ..Default::default()
+        }
+        .markdown();
+        assert!(!plain.contains("Noise control"), "{plain}");
     }
 }
