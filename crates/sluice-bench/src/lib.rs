@@ -93,12 +93,22 @@ pub fn write(report: &Report, dir: &std::path::Path) -> Result<Vec<PathBuf>, Str
             report.svg(
                 "New connection through the ClusterIP: p50 latency",
                 "µs",
-                |m| m.crr_p50_us,
+                |m| Some(m.crr_p50_us),
             ),
         ),
         (
             "load-time.svg",
-            report.svg("Time to load all Services", "seconds", |m| m.load_seconds),
+            report.svg("Time to load all Services", "seconds", |m| {
+                Some(m.load_seconds)
+            }),
+        ),
+        (
+            "endpoint-change.svg",
+            report.svg(
+                "One endpoint change: until the first connection reaches the new backend",
+                "ms",
+                |m| m.update_ms,
+            ),
         ),
     ];
     let mut out = Vec::new();

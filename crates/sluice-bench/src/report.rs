@@ -401,7 +401,9 @@ impl Report {
     }
 
     /// A line plot of `value` against the number of Services, one line per arm.
-    pub fn svg(&self, title: &str, unit: &str, value: fn(&Measurement) -> f64) -> String {
+    /// A line per arm of `value` against the number of Services; measurements without a
+    /// value (an arm with nothing to measure there) are left out.
+    pub fn svg(&self, title: &str, unit: &str, value: fn(&Measurement) -> Option<f64>) -> String {
         let (w, h, left, bottom, top, right) = (720.0, 420.0, 70.0, 50.0, 40.0, 170.0);
         let xs: Vec<usize> = {
             let mut v: Vec<usize> = self.measurements.iter().map(|m| m.services).collect();
@@ -412,7 +414,7 @@ impl Report {
         let ymax = self
             .measurements
             .iter()
-            .map(value)
+            .filter_map(value)
             .fold(0.0f64, f64::max)
             .max(1e-9)
             * 1.1;
@@ -469,7 +471,7 @@ impl Report {
                 .measurements
                 .iter()
                 .filter(|m| m.arm == *arm)
-                .map(|m| (m.services, value(m)))
+                .filter_map(|m| Some((m.services, value(m)?)))
                 .collect();
             if pts.is_empty() {
                 continue;
@@ -564,8 +566,17 @@ mod tests {
             t.contains("| loading 10k Services under 1 s | 10k not in this run | not measured |")
         );
         assert_eq!(r.csv().lines().count(), 4);
-        let svg = r.svg("CRR p50", "µs", |m| m.crr_p50_us);
+        let svg = r.svg("CRR p50", "µs", |m| Some(m.crr_p50_us));
         assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.contains("sluice"));
+        // An arm without the figure gets no line and no legend entry.
+        let svg = r.svg("Endpoint change", "ms", |m| {
+            (m.arm == Arm::Sluice).then_some(20.0)
+        });
+        assert_eq!(svg.matches("<polyline").count(), 1, "{svg}");
+        assert!(
+            svg.contains(">sluice<") && !svg.contains(">iptables-nft<"),
+            "{svg}"
+        );
     }
 
     #[test]

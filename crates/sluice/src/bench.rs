@@ -60,6 +60,16 @@ enum BenchCommand {
         #[arg(long)]
         cpu: Option<usize>,
     },
+    /// Writes a run's tables and plots again from its results.json (after the report gained
+    /// a table or a plot, say), into --out. Needs no root: nothing is measured.
+    Report {
+        /// The results.json a `sluice bench` run wrote.
+        #[arg(long)]
+        from: PathBuf,
+        /// Where results.{md,csv,json} and the plots go.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// (internal) the load server every arm's backends run, on ADDR in this namespace until
     /// killed (for experiments by hand: `sluice lab exec POD -- sluice bench server ...`).
     #[command(hide = true)]
@@ -82,6 +92,21 @@ fn print_result(line: &str) -> anyhow::Result<()> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    if let Some(BenchCommand::Report { from, out }) = &args.command {
+        let text =
+            std::fs::read_to_string(from).with_context(|| format!("--from {}", from.display()))?;
+        let report: sluice_bench::report::Report =
+            serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "--from {}: not a results.json of sluice bench",
+                    from.display()
+                )
+            })?;
+        for f in sluice_bench::write(&report, out).map_err(|e| anyhow::anyhow!("--out: {e}"))? {
+            println!("wrote {}", f.display());
+        }
+        return Ok(0);
+    }
     if let Some(BenchCommand::Server { listen }) = args.command {
         let netns = std::fs::File::open("/proc/self/ns/net").context("/proc/self/ns/net")?;
         let mut servers = sluice_bench::load::Servers::default();
