@@ -119,3 +119,60 @@ pub fn write(report: &Report, dir: &std::path::Path) -> Result<Vec<PathBuf>, Str
     }
     Ok(out)
 }
+
+/// Writes a run's tables and plots again from the results.json it saved, into `dir` (after
+/// the report gained a table or a plot): nothing is measured. Bad input changes nothing.
+pub fn redraw(results: &std::path::Path, dir: &std::path::Path) -> Result<Vec<PathBuf>, String> {
+    let text =
+        std::fs::read_to_string(results).map_err(|e| format!("{}: {e}", results.display()))?;
+    let report: Report = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: not a results.json of sluice bench: {e}",
+            results.display()
+        )
+    })?;
+    write(&report, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_run_is_redrawn_exactly() {
+        let dir = std::env::temp_dir().join(format!("sluice-redraw-{}", std::process::id()));
+        let (first, again) = (dir.join("first"), dir.join("again"));
+        let mut m = report::tests::m(Arm::Sluice, 1000, 83.7);
+        m.agent_update_ms = Some(0.046258999999999884);
+        let report = Report {
+            measurements: vec![m, report::tests::m(Arm::IptablesNft, 1000, 101.3)],
+            ..Default::default()
+        };
+        write(&report, &first).unwrap();
+        let files = redraw(&first.join("results.json"), &again).unwrap();
+        assert!(
+            files.iter().any(|f| f.ends_with("endpoint-change.svg")),
+            "{files:?}"
+        );
+        for name in [
+            "results.json",
+            "results.md",
+            "results.csv",
+            "endpoint-change.svg",
+        ] {
+            let (a, b) = (first.join(name), again.join(name));
+            assert_eq!(
+                std::fs::read(&a).unwrap(),
+                std::fs::read(&b).unwrap(),
+                "{name}"
+            );
+        }
+        // Not a results.json: an error naming the file, and nothing written.
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, "{\"measurements\": 3}").unwrap();
+        let err = redraw(&bad, &dir.join("nothing")).unwrap_err();
+        assert!(err.contains("bad.json: not a results.json"), "{err}");
+        assert!(!dir.join("nothing").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -512,7 +512,7 @@ impl Report {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The first line of `text` containing `needle`.
@@ -522,7 +522,7 @@ mod tests {
             .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{text}"))
     }
 
-    fn m(arm: Arm, services: usize, p50: f64) -> Measurement {
+    pub(crate) fn m(arm: Arm, services: usize, p50: f64) -> Measurement {
         Measurement {
             arm,
             services,

@@ -93,16 +93,8 @@ fn print_result(line: &str) -> anyhow::Result<()> {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     if let Some(BenchCommand::Report { from, out }) = &args.command {
-        let text =
-            std::fs::read_to_string(from).with_context(|| format!("--from {}", from.display()))?;
-        let report: sluice_bench::report::Report =
-            serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "--from {}: not a results.json of sluice bench",
-                    from.display()
-                )
-            })?;
-        for f in sluice_bench::write(&report, out).map_err(|e| anyhow::anyhow!("--out: {e}"))? {
+        let files = sluice_bench::redraw(from, out).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+        for f in files {
             println!("wrote {}", f.display());
         }
         return Ok(0);
