@@ -400,9 +400,8 @@ impl Report {
         t
     }
 
-    /// A line plot of `value` against the number of Services, one line per arm.
-    /// A line per arm of `value` against the number of Services; measurements without a
-    /// value (an arm with nothing to measure there) are left out.
+    /// A line plot of `value` against the number of Services, one line per arm; measurements
+    /// without a value (an arm with nothing to measure there) are left out.
     pub fn svg(&self, title: &str, unit: &str, value: fn(&Measurement) -> Option<f64>) -> String {
         let (w, h, left, bottom, top, right) = (720.0, 420.0, 70.0, 50.0, 40.0, 170.0);
         let xs: Vec<usize> = {
