@@ -135,6 +135,11 @@ pub struct Rounds {
     pub control_crr_p50_us: Vec<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub control_floor_crr_p50_us: Vec<f64>,
+    /// The same for the stream: the floor's rate paired with itself, after this run's rounds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_stream_gbps: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_floor_stream_gbps: Vec<f64>,
 }
 
 impl Rounds {
@@ -154,10 +159,18 @@ impl Rounds {
 
     /// The noise control's median CRR ratio (the floor over itself) and its quartiles.
     pub fn control_crr(&self) -> Option<(f64, f64, f64)> {
-        let (a, b) = (&self.control_crr_p50_us, &self.control_floor_crr_p50_us);
-        let (q1, q3) = paired_quartiles(a, b)?;
-        Some((paired_median_ratio(a, b)?, q1, q3))
+        median_and_quartiles(&self.control_crr_p50_us, &self.control_floor_crr_p50_us)
     }
+
+    /// The noise control's median stream ratio and its quartiles.
+    pub fn control_stream(&self) -> Option<(f64, f64, f64)> {
+        median_and_quartiles(&self.control_stream_gbps, &self.control_floor_stream_gbps)
+    }
+}
+
+fn median_and_quartiles(ours: &[f64], floors: &[f64]) -> Option<(f64, f64, f64)> {
+    let (q1, q3) = paired_quartiles(ours, floors)?;
+    Some((paired_median_ratio(ours, floors)?, q1, q3))
 }
 
 #[derive(Debug, Clone)]
@@ -388,6 +401,11 @@ fn rounds(
     Ok((ours, floors, cpu))
 }
 
+/// Each stream round's rate, Gbit/s.
+fn gbps_of(runs: &[Sample]) -> Vec<f64> {
+    runs.iter().map(|r| r.rate() * 8.0 / 1e9).collect()
+}
+
 /// Mean throughput of stream rounds, Gbit/s, and whether any broke.
 fn stream_gbps(runs: &[Sample]) -> (f64, bool) {
     let mean = runs.iter().map(Sample::rate).sum::<f64>() / runs.len().max(1) as f64;
@@ -433,12 +451,15 @@ fn measure(
     };
     let rr = run_client(client(), "rr", target, d)?;
     let (stream_rounds, floor_stream, _) = rounds("stream", client, target, floor, d)?;
-    let gbps = |runs: &[Sample]| {
-        runs.iter()
-            .map(|r| r.rate() * 8.0 / 1e9)
-            .collect::<Vec<_>>()
+    let (control_stream, control_floor_stream) = match floor {
+        Some(f) => {
+            let (a, b, _) = rounds("stream", f.client, f.target, Some(f), d)?;
+            (gbps_of(&a), gbps_of(&b))
+        }
+        None => Default::default(),
     };
-    let (stream_round_gbps, floor_stream_round_gbps) = (gbps(&stream_rounds), gbps(&floor_stream));
+    let (stream_round_gbps, floor_stream_round_gbps) =
+        (gbps_of(&stream_rounds), gbps_of(&floor_stream));
     let stream_vs_floor =
         floor.and_then(|_| paired_median_ratio(&stream_round_gbps, &floor_stream_round_gbps));
     let (stream, stream_failed) = stream_gbps(&stream_rounds);
@@ -451,6 +472,8 @@ fn measure(
             floor_stream_gbps: floor_stream_round_gbps,
             control_crr_p50_us: control,
             control_floor_crr_p50_us: control_floor,
+            control_stream_gbps: control_stream,
+            control_floor_stream_gbps: control_floor_stream,
         }
     } else {
         Rounds::default()

@@ -167,29 +167,38 @@ impl Report {
         let mut rows: Vec<&Measurement> = self
             .measurements
             .iter()
-            .filter(|m| m.rounds.control_crr().is_some())
+            .filter(|m| m.rounds.control_crr().is_some() || m.rounds.control_stream().is_some())
             .collect();
         if rows.is_empty() {
             return String::new();
         }
         rows.sort_by_key(|m| (Arm::ALL.iter().position(|a| *a == m.arm), m.services));
         let mut t = String::from(
-            "\nNoise control (an A/A test): right after each run's CRR rounds, the no-rules floor is paired with itself the same way. Where the floor's ratio to itself spreads as wide as the run's, the run's distance from 1.00× cannot be told from the machine's noise.\n\n| arm | services | CRR p50 vs no-rules | no-rules vs itself |\n|---|---:|---:|---:|\n",
+            "\nNoise control (an A/A test): right after each run's CRR and stream rounds, the no-rules floor is paired with itself the same way. Where the floor's ratio to itself spreads as wide as the run's, the run's distance from 1.00× cannot be told from the machine's noise.\n\n| arm | services | CRR p50 vs no-rules | no-rules vs itself | stream vs no-rules | no-rules vs itself |\n|---|---:|---:|---:|---:|---:|\n",
         );
-        let cell = |x: Option<f64>, q: Option<(f64, f64)>| match (x, q) {
+        let times = |x: Option<f64>, q: Option<(f64, f64)>| match (x, q) {
             (Some(x), Some((q1, q3))) => format!("{x:.2}× ({q1:.2}–{q3:.2})"),
             (Some(x), None) => format!("{x:.2}×"),
             _ => "-".into(),
         };
+        let percent = |x: Option<f64>, q: Option<(f64, f64)>| match (x, q) {
+            (Some(x), Some((q1, q3))) => {
+                format!("{:.0}% ({:.0}–{:.0})", x * 100.0, q1 * 100.0, q3 * 100.0)
+            }
+            (Some(x), None) => format!("{:.0}%", x * 100.0),
+            _ => "-".into(),
+        };
         for m in rows {
-            let control = m.rounds.control_crr();
+            let (crr, stream) = (m.rounds.control_crr(), m.rounds.control_stream());
             let _ = writeln!(
                 t,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 m.arm.name(),
                 m.services,
-                cell(crr_over_floor(self, m), m.rounds.crr_quartiles()),
-                cell(control.map(|c| c.0), control.map(|c| (c.1, c.2))),
+                times(crr_over_floor(self, m), m.rounds.crr_quartiles()),
+                times(crr.map(|c| c.0), crr.map(|c| (c.1, c.2))),
+                percent(stream_over_floor(self, m), m.rounds.stream_quartiles()),
+                percent(stream.map(|c| c.0), stream.map(|c| (c.1, c.2))),
             );
         }
         t
@@ -251,11 +260,11 @@ impl Report {
                 .unwrap_or_default()
         };
         // The A/A control at that N: the floor against itself, paired the same way.
-        let control = |n: usize| {
+        let control = |n: usize, c: fn(&crate::arms::Rounds) -> Option<(f64, f64, f64)>| {
             self.measurements
                 .iter()
                 .find(|m| m.arm == Arm::Sluice && m.services == n)
-                .and_then(|m| m.rounds.control_crr())
+                .and_then(|m| c(&m.rounds))
                 .map(|(x, q1, q3)| {
                     format!(
                         "; no-rules against itself there: {:+.1}%, middle half {:+.1}..{:+.1}%",
@@ -272,7 +281,7 @@ impl Report {
                 format!(
                     "worst {pct:+.1}% (at {n}{}{})",
                     middle_half(n, crate::arms::Rounds::crr_quartiles),
-                    control(n)
+                    control(n, crate::arms::Rounds::control_crr)
                 ),
                 Some(pct <= 5.0),
             ),
@@ -341,8 +350,9 @@ impl Report {
             Some((n, pct)) => line(
                 "single-stream throughput at least 95% of raw veth (no-rules)",
                 format!(
-                    "lowest {pct:.0}% (at {n}{})",
-                    middle_half(n, crate::arms::Rounds::stream_quartiles)
+                    "lowest {pct:.0}% (at {n}{}{})",
+                    middle_half(n, crate::arms::Rounds::stream_quartiles),
+                    control(n, crate::arms::Rounds::control_stream)
                 ),
                 Some(pct >= 95.0),
             ),
@@ -692,9 +702,14 @@ pub(crate) mod tests {
             // The floor over itself: 0.9, 0.95, 1.0, 1.05, 1.1.
             control_crr_p50_us: vec![95.0, 90.0, 100.0, 110.0, 105.0],
             control_floor_crr_p50_us: vec![100.0; 5],
+            // Stream 95..105% of the floor; the floor over itself 90..94%.
+            stream_gbps: vec![9.5, 9.75, 10.0, 10.25, 10.5],
+            floor_stream_gbps: vec![10.0; 5],
+            control_stream_gbps: vec![9.0, 9.1, 9.2, 9.3, 9.4],
+            control_floor_stream_gbps: vec![10.0; 5],
             ..crr_rounds_1_0_to_1_4()
         };
-        sluice.crr_vs_floor = Some(1.2);
+        (sluice.crr_vs_floor, sluice.stream_vs_floor) = (Some(1.2), Some(1.0));
         let without = m(Arm::SluiceNoSocketLb, 1000, 110.0);
         let t = Report {
             measurements: vec![sluice, without],
@@ -704,7 +719,9 @@ pub(crate) mod tests {
         assert!(t.contains("Noise control (an A/A test)"), "{t}");
         let row = line_with(&t, "| sluice | 1000 | 1.20×");
         assert!(
-            row.ends_with("| 1.20× (1.10–1.30) | 1.00× (0.95–1.05) |"),
+            row.ends_with(
+                "| 1.20× (1.10–1.30) | 1.00× (0.95–1.05) | 100% (98–102) | 92% (91–93) |"
+            ),
             "{row}"
         );
         // A run without a control has no row in that table.
@@ -713,6 +730,11 @@ pub(crate) mod tests {
         assert!(
             target.contains("no-rules against itself there: +0.0%, middle half -5.0..+5.0%) | no"),
             "{target}"
+        );
+        let stream = line_with(&t, "95% of raw veth");
+        assert!(
+            stream.contains("no-rules against itself there: -8.0%, middle half -9.0..-7.0%) | yes"),
+            "{stream}"
         );
         // Without any control the table is left out.
         let plain = Report {
