@@ -350,7 +350,7 @@ impl Report {
             Some((n, pct)) => line(
                 "single-stream throughput at least 95% of raw veth (no-rules)",
                 format!(
-                    "lowest {pct:.0}% (at {n}{}{})",
+                    "lowest {pct:.1}% (at {n}{}{})",
                     middle_half(n, crate::arms::Rounds::stream_quartiles),
                     control(n, crate::arms::Rounds::control_stream)
                 ),
@@ -617,7 +617,7 @@ pub(crate) mod tests {
         let target = line_with(&t, "within 5% of no-rules");
         assert!(target.contains("worst +4.0% (at 0) | yes"), "{target}");
         let stream = line_with(&t, "95% of raw veth");
-        assert!(stream.contains("lowest 90% (at 0) | no"), "{stream}");
+        assert!(stream.contains("lowest 90.0% (at 0) | no"), "{stream}");
     }
 
     #[test]
@@ -641,7 +641,7 @@ pub(crate) mod tests {
         let target = line_with(&t, "within 5% of no-rules");
         assert!(target.contains("worst +3.0% (at 0) | yes"), "{target}");
         let stream = line_with(&t, "95% of raw veth");
-        assert!(stream.contains("lowest 97% (at 0) | yes"), "{stream}");
+        assert!(stream.contains("lowest 97.0% (at 0) | yes"), "{stream}");
         let csv = r.csv();
         assert!(
             csv.lines()
@@ -690,7 +690,7 @@ pub(crate) mod tests {
         );
         let stream = line_with(&t, "95% of raw veth");
         assert!(
-            stream.contains("lowest 100% (at 0; rounds' middle half -5.0..+5.0%) | yes"),
+            stream.contains("lowest 100.0% (at 0; rounds' middle half -5.0..+5.0%) | yes"),
             "{stream}"
         );
     }
