@@ -401,6 +401,20 @@ fn rounds(
     Ok((ours, floors, cpu))
 }
 
+/// The noise control (an A/A test): `mode` rounds of the floor paired with itself, the same
+/// way a run is paired with it (nothing without a floor).
+fn control_rounds(
+    mode: &str,
+    floor: Option<&Floor>,
+    d: Duration,
+) -> Result<(Vec<Sample>, Vec<Sample>), String> {
+    let Some(f) = floor else {
+        return Ok(Default::default());
+    };
+    let (a, b, _) = rounds(mode, f.client, f.target, Some(f), d)?;
+    Ok((a, b))
+}
+
 /// Each stream round's rate, Gbit/s.
 fn gbps_of(runs: &[Sample]) -> Vec<f64> {
     runs.iter().map(|r| r.rate() * 8.0 / 1e9).collect()
@@ -441,23 +455,13 @@ fn measure(
             crr.errors
         ));
     }
-    // The noise control: the floor against itself, paired the same way.
-    let (control, control_floor) = match floor {
-        Some(f) => {
-            let (a, b, _) = rounds("crr", f.client, f.target, Some(f), d)?;
-            (p50s(&a), p50s(&b))
-        }
-        None => Default::default(),
-    };
+    let (control, control_floor) = control_rounds("crr", floor, d)?;
+    let (control, control_floor) = (p50s(&control), p50s(&control_floor));
     let rr = run_client(client(), "rr", target, d)?;
     let (stream_rounds, floor_stream, _) = rounds("stream", client, target, floor, d)?;
-    let (control_stream, control_floor_stream) = match floor {
-        Some(f) => {
-            let (a, b, _) = rounds("stream", f.client, f.target, Some(f), d)?;
-            (gbps_of(&a), gbps_of(&b))
-        }
-        None => Default::default(),
-    };
+    let (control_stream, control_floor_stream) = control_rounds("stream", floor, d)?;
+    let (control_stream, control_floor_stream) =
+        (gbps_of(&control_stream), gbps_of(&control_floor_stream));
     let (stream_round_gbps, floor_stream_round_gbps) =
         (gbps_of(&stream_rounds), gbps_of(&floor_stream));
     let stream_vs_floor =

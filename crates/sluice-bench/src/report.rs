@@ -76,6 +76,26 @@ fn ratio(v: f64, base: Option<f64>) -> String {
     }
 }
 
+/// A paired ratio as a multiple, with the middle half of its rounds when there is one.
+fn times_cell(x: Option<f64>, q: Option<(f64, f64)>) -> String {
+    match (x, q) {
+        (Some(x), Some((q1, q3))) => format!("{x:.2}× ({q1:.2}–{q3:.2})"),
+        (Some(x), None) => format!("{x:.2}×"),
+        _ => "-".into(),
+    }
+}
+
+/// A paired ratio as a percentage, with the middle half of its rounds when there is one.
+fn percent_cell(x: Option<f64>, q: Option<(f64, f64)>) -> String {
+    match (x, q) {
+        (Some(x), Some((q1, q3))) => {
+            format!("{:.0}% ({:.0}–{:.0})", x * 100.0, q1 * 100.0, q3 * 100.0)
+        }
+        (Some(x), None) => format!("{:.0}%", x * 100.0),
+        _ => "-".into(),
+    }
+}
+
 impl Report {
     pub fn markdown(&self) -> String {
         let mut t = String::new();
@@ -101,26 +121,14 @@ impl Report {
                 m.crr_p50_us,
                 m.crr_p99_us,
                 ratio(m.crr_p50_us, base),
-                crr_over_floor(self, m)
-                    .map(|x| match m.rounds.crr_quartiles() {
-                        Some((q1, q3)) => format!("{x:.2}× ({q1:.2}–{q3:.2})"),
-                        None => format!("{x:.2}×"),
-                    })
-                    .unwrap_or("-".into()),
+                times_cell(crr_over_floor(self, m), m.rounds.crr_quartiles()),
                 m.rr_p50_us,
                 if m.stream_failed {
                     "broke".to_string()
                 } else {
                     format!("{:.2}", m.stream_gbps)
                 },
-                stream_over_floor(self, m)
-                    .map(|x| match m.rounds.stream_quartiles() {
-                        Some((q1, q3)) => {
-                            format!("{:.0}% ({:.0}–{:.0})", x * 100.0, q1 * 100.0, q3 * 100.0)
-                        }
-                        None => format!("{:.0}%", x * 100.0),
-                    })
-                    .unwrap_or("-".into()),
+                percent_cell(stream_over_floor(self, m), m.rounds.stream_quartiles()),
                 match (m.update_ms, m.agent_update_ms, m.agent_update_max_ms) {
                     (Some(e2e), Some(agent), Some(max)) => {
                         format!("{e2e:.1} (agent {agent:.2}, max {max:.2})")
@@ -161,8 +169,8 @@ impl Report {
         t
     }
 
-    /// The A/A control beside each paired CRR ratio: how far the floor lands from itself when
-    /// measured the same way at the same moment (empty when no run has one).
+    /// The A/A control beside each paired CRR and stream ratio: how far the floor lands from
+    /// itself when measured the same way at the same moment (empty when no run has one).
     fn noise_control(&self) -> String {
         let mut rows: Vec<&Measurement> = self
             .measurements
@@ -176,18 +184,6 @@ impl Report {
         let mut t = String::from(
             "\nNoise control (an A/A test): right after each run's CRR and stream rounds, the no-rules floor is paired with itself the same way. Where the floor's ratio to itself spreads as wide as the run's, the run's distance from 1.00× cannot be told from the machine's noise.\n\n| arm | services | CRR p50 vs no-rules | no-rules vs itself | stream vs no-rules | no-rules vs itself |\n|---|---:|---:|---:|---:|---:|\n",
         );
-        let times = |x: Option<f64>, q: Option<(f64, f64)>| match (x, q) {
-            (Some(x), Some((q1, q3))) => format!("{x:.2}× ({q1:.2}–{q3:.2})"),
-            (Some(x), None) => format!("{x:.2}×"),
-            _ => "-".into(),
-        };
-        let percent = |x: Option<f64>, q: Option<(f64, f64)>| match (x, q) {
-            (Some(x), Some((q1, q3))) => {
-                format!("{:.0}% ({:.0}–{:.0})", x * 100.0, q1 * 100.0, q3 * 100.0)
-            }
-            (Some(x), None) => format!("{:.0}%", x * 100.0),
-            _ => "-".into(),
-        };
         for m in rows {
             let (crr, stream) = (m.rounds.control_crr(), m.rounds.control_stream());
             let _ = writeln!(
@@ -195,10 +191,10 @@ impl Report {
                 "| {} | {} | {} | {} | {} | {} |",
                 m.arm.name(),
                 m.services,
-                times(crr_over_floor(self, m), m.rounds.crr_quartiles()),
-                times(crr.map(|c| c.0), crr.map(|c| (c.1, c.2))),
-                percent(stream_over_floor(self, m), m.rounds.stream_quartiles()),
-                percent(stream.map(|c| c.0), stream.map(|c| (c.1, c.2))),
+                times_cell(crr_over_floor(self, m), m.rounds.crr_quartiles()),
+                times_cell(crr.map(|c| c.0), crr.map(|c| (c.1, c.2))),
+                percent_cell(stream_over_floor(self, m), m.rounds.stream_quartiles()),
+                percent_cell(stream.map(|c| c.0), stream.map(|c| (c.1, c.2))),
             );
         }
         t
